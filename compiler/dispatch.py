@@ -1,0 +1,76 @@
+"""One callable kernel per layer: M-bucket-specialised PrimFuncs behind a dispatcher.
+
+M (batch x sequence) is dynamic in real models; the best schedule is not. Each bucket of M sizes
+(e.g. 1, 2-8, 9-32, 33+) gets its own scheduled PrimFunc; they become private subroutines taking raw
+data pointers (and M), and a small public PrimFunc branches on M at run time and calls one of them.
+TVM 0.27 lowers calls between PrimFuncs of one IRModule (a ``tirx.Call`` whose op is a GlobalVar).
+"""
+import dataclasses
+
+from lowbit.compiler.passes.attach_subroutine_device import SUBROUTINE_ATTR
+from lowbit.compiler.tvm_api import tirx, tvm
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """M sizes ``lo..hi`` (``hi`` None: unbounded) served by one scheduled function."""
+
+    lo: int
+    hi: object = None
+
+    @property
+    def key(self):
+        """Name used in function names and tuning records: ``m1``, ``m2-8``, ``m33+``."""
+        if self.hi == self.lo:
+            return f"m{self.lo}"
+        return f"m{self.lo}+" if self.hi is None else f"m{self.lo}-{self.hi}"
+
+    def contains(self, m):
+        return m >= self.lo and (self.hi is None or m <= self.hi)
+
+
+DEFAULT_BUCKETS = (Bucket(1, 1), Bucket(2, 8), Bucket(9, 32), Bucket(33, None))
+
+
+def as_subroutine(func, m_var):
+    """Turn a scheduled PrimFunc with buffer params into a private one taking data pointers (and M).
+
+    TVM 0.27 lowers buffer-typed params only for public functions (MakePackedAPI), so a subroutine takes
+    raw pointers and re-declares the very same buffers on them.
+    """
+    pointers, decls = [], []
+    for buf in func.params:
+        ptr = tirx.Var(f"{buf.name}_ptr", tvm.ir.PointerType(tvm.ir.PrimType(buf.dtype)))
+        pointers.append(ptr)
+        decls.append(tirx.DeclBuffer(buf, data=ptr))
+    params = pointers + ([m_var] if m_var is not None else [])
+    # Workspace allocation failures return -1 from the function: its return type is int32.
+    body = tirx.SeqStmt(decls + [func.body, tirx.Return(tirx.IntImm("int32", 0))])
+    attrs = {k: v for k, v in func.attrs.items() if k != "global_symbol"} if func.attrs else {}
+    attrs[SUBROUTINE_ATTR] = True  # AttachSubroutineDevice gives it a device for its workspaces
+    return tirx.PrimFunc(params, body, ret_type=tvm.ir.PrimType("int32"), attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
+
+
+def dispatcher(name, buffers, m_var, calls):
+    """The public PrimFunc: ``if M in bucket_0: call f_0 elif ...``.
+
+    Parameters
+    ----------
+    name : str
+        Global symbol of the dispatcher.
+    buffers : list of tirx.Buffer
+        Params of the kernel (their shapes use ``m_var`` for M).
+    calls : list of (Bucket, GlobalVar, bool)
+        Each bucket's subroutine and whether it takes M as its last argument.
+    """
+    body = None
+    for bucket, gvar, takes_m in reversed(calls):
+        args = [tirx.buffer_data(buf) for buf in buffers] + ([m_var] if takes_m else [])
+        call = tirx.Evaluate(tvm.ir.expr.Call(gvar, args, ret_ty="int32"))
+        if body is None:
+            body = call  # the last bucket catches everything (its lower bound is checked by the one before)
+            continue
+        cond = m_var <= bucket.hi if bucket.hi is not None else tirx.const(True, "bool")
+        body = tirx.IfThenElse(cond, call, body)
+    func = tirx.PrimFunc(list(buffers), body)
+    return func.with_attr("global_symbol", name)

@@ -1,0 +1,114 @@
+"""The CPU kernels' weight layout: codes re-laid offline so the decode loop reads memory contiguously.
+
+Rows are interleaved by ``lanes`` (the float32 lanes of one vector register), so one vector load
+brings one 32-bit word of each of ``lanes`` consecutive output rows, and the decoded lanes feed one
+vector FMA against a broadcast activation. Each 32-bit word holds ``32 // bits`` codes of one row along
+K; each K-group is padded to whole words (3-, 5-, 6- and 7-bit codes leave a few bits of a word
+unused, and a group of 128 3-bit codes is padded to 130: 13 words).
+
+Arrays (``NT = ceil(N / lanes)``, ``Gn`` groups along K, ``wpg`` words per group):
+
+- ``W``  int32 ``(NT, Gn, wpg, lanes)``: word ``j`` of group ``g`` of row ``nt*lanes + lane`` holds the codes
+  of ``k = g*G + j*vpw + i`` in bits ``[i*bits, (i+1)*bits)``.
+- ``S``  float32 ``(NT, Gn, lanes)``: group scales (0 for the padding rows past N).
+- ``SZ`` float32 ``(NT, Gn, lanes)``: scale times zero point (affine formats only).
+- ``LV`` float32 ``(2**bits,)``: codebook levels (codebook formats only).
+"""
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLayout:
+    """Sizes of one layer's kernel layout; everything a kernel template needs besides M."""
+
+    N: int
+    K: int
+    bits: int
+    group_size: int
+    lanes: int
+    decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]
+
+    @property
+    def codes_per_word(self):
+        return 32 // self.bits
+
+    @property
+    def words_per_group(self):
+        return -(-self.group_size // self.codes_per_word)
+
+    @property
+    def padded_group(self):
+        """Codes per group after padding the group to whole words."""
+        return self.words_per_group * self.codes_per_word
+
+    @property
+    def n_groups(self):
+        return self.K // self.group_size
+
+    @property
+    def n_tiles(self):
+        return -(-self.N // self.lanes)
+
+    @property
+    def packed_bytes(self):
+        """Bytes the kernel reads for weights: words, scales (and scale*zero) per lane."""
+        words = self.n_tiles * self.n_groups * self.words_per_group * self.lanes * 4
+        per_group = self.n_tiles * self.n_groups * self.lanes * 4 * (2 if self.decode == "affine" else 1)
+        return words + per_group
+
+    def arg_names(self):
+        """Names of the weight arrays, in the order the kernel takes them (after X)."""
+        return ["W", "S", "SZ"] if self.decode == "affine" else ["W", "S", "LV"]
+
+
+def layout_for(qw, lanes):
+    """Return the :class:`KernelLayout` of a QuantizedWeight for vectors of ``lanes`` float32."""
+    fmt = qw.format
+    N, K = qw.codes.shape
+    decode = "codebook" if fmt.kind == "codebook" else "affine"
+    return KernelLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=lanes, decode=decode)
+
+
+def _interleave_rows(a, layout):
+    """(N, ...) -> (NT, ..., lanes), padding rows past N with zeros."""
+    pad = layout.n_tiles * layout.lanes - layout.N
+    a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+    a = a.reshape((layout.n_tiles, layout.lanes) + a.shape[1:])
+    return np.moveaxis(a, 1, -1)
+
+
+def pack_words(codes, layout):
+    """Pack (N, K) codes into the int32 word array ``W`` of shape (NT, Gn, wpg, lanes)."""
+    N, K = codes.shape
+    G, Gp, vpw = layout.group_size, layout.padded_group, layout.codes_per_word
+    grouped = codes.reshape(N, layout.n_groups, G).astype(np.uint32)
+    if Gp != G:
+        grouped = np.concatenate([grouped, np.zeros((N, layout.n_groups, Gp - G), np.uint32)], axis=2)
+    per_word = grouped.reshape(N, layout.n_groups, layout.words_per_group, vpw)
+    words = np.zeros(per_word.shape[:-1], np.uint32)
+    for i in range(vpw):
+        words |= per_word[..., i] << np.uint32(layout.bits * i)
+    return np.ascontiguousarray(_interleave_rows(words.view(np.int32), layout))
+
+
+def relayout(qw, lanes):
+    """Re-lay a QuantizedWeight into the kernel arrays.
+
+    Returns
+    -------
+    layout : KernelLayout
+    arrays : dict of str -> np.ndarray
+        ``W``, ``S`` and ``SZ`` (affine) or ``LV`` (codebook), as documented in this module.
+    """
+    layout = layout_for(qw, lanes)
+    scales = qw.scales.astype(np.float32)
+    arrays = {"W": pack_words(qw.codes, layout),
+              "S": np.ascontiguousarray(_interleave_rows(scales, layout))}
+    if layout.decode == "affine":
+        sz = (scales.astype(np.float64) * qw.affine_zeros()).astype(np.float32)
+        arrays["SZ"] = np.ascontiguousarray(_interleave_rows(sz, layout))
+    else:
+        arrays["LV"] = np.asarray(qw.format.levels, np.float32)
+    return layout, arrays

@@ -1,0 +1,129 @@
+"""Build one quantized linear layer (``Y = X @ dequant(W)^T + b``) into a callable CPU kernel.
+
+This is the unit the whole-model pipeline, the benchmark and the tests share: pick a schedule rule and
+config per M bucket, build their TensorIR, wrap them behind an M dispatcher, compile.
+"""
+import dataclasses
+
+import numpy as np
+
+from lowbit.compiler import dispatch
+from lowbit.compiler.layout import relayout
+from lowbit.compiler.target import resolve_target
+from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
+from lowbit.errors import KernelError
+from lowbit.schedules.cpu import decode
+
+KERNELS = ("auto", "decode", "a8", "lut")
+IMPLEMENTED = ("auto", "decode")
+
+
+def check_kernel(kernel):
+    """Raise KernelError unless ``kernel`` names a kernel family lowbit can build."""
+    if kernel not in KERNELS:
+        raise KernelError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
+    if kernel not in IMPLEMENTED:
+        raise KernelError(f"kernel {kernel!r} is not implemented yet; available: {', '.join(IMPLEMENTED)} "
+                          "(use --kernel decode or auto)")
+
+
+def default_plan(layout, bucket):
+    """The (rule, config) lowbit uses for a bucket when no tuning record says otherwise."""
+    vpw = layout.codes_per_word
+    if bucket.hi == 1:
+        return decode.DecodeAccumulate(), decode.AccumulateConfig(partials=0, m_tile=1)
+    if bucket.hi is not None and bucket.hi <= 8:
+        partials = 2 if vpw % 2 == 0 else 1
+        return decode.DecodeAccumulate(), decode.AccumulateConfig(partials=partials, m_tile=4)
+    return decode.DecodeDequantTile(), decode.DequantTileConfig(m_tile=8)
+
+
+def _bucket_func(layout, bucket, has_bias, target):
+    rule, config = default_plan(layout, bucket)
+    m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int64")
+    func = rule.template(layout, bucket.lo if m_var is None else m_var, has_bias, config)
+    sch = rule.apply(func, target, config)
+    if sch is None:
+        raise KernelError(f"schedule rule {rule.name} declined its own template for {bucket.key}")
+    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var is not None, (rule.name, config)
+
+
+def _dispatcher_buffers(layout, arrays, has_bias, m_var):
+    shapes = [("X", (m_var, layout.K), "float32")]
+    shapes += [(name, arrays[name].shape, str(arrays[name].dtype)) for name in layout.arg_names()]
+    if has_bias:
+        shapes.append(("B", (layout.N,), "float32"))
+    shapes.append(("Y", (m_var, layout.N), "float32"))
+    return [tirx.decl_buffer(shape, dtype, name) for name, shape, dtype in shapes]
+
+
+def linear_irmodule(layout, arrays, has_bias, target, name="mpgemm", buckets=dispatch.DEFAULT_BUCKETS):
+    """Return (IRModule with the dispatcher ``name`` and one subroutine per bucket, plans per bucket)."""
+    funcs, calls, plans = {}, [], {}
+    for bucket in buckets:
+        sub, takes_m, plan = _bucket_func(layout, bucket, has_bias, target)
+        gvar = tvm.ir.GlobalVar(f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
+        funcs[gvar] = sub
+        calls.append((bucket, gvar, takes_m))
+        plans[bucket.key] = plan
+    m_var = tirx.Var("M", "int64")
+    main = dispatch.dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls)
+    funcs[tvm.ir.GlobalVar(name)] = main
+    return tvm.IRModule(funcs), plans
+
+
+@dataclasses.dataclass
+class CompiledLinear:
+    """A compiled quantized linear layer.
+
+    Attributes
+    ----------
+    kernel : str
+        Kernel family chosen (``decode``).
+    layout : KernelLayout
+    arrays : dict of str -> np.ndarray
+        Weights in kernel layout (and bias), in call order after X.
+    func : tvm PackedFunc
+        ``func(x, *weights, y)`` on ``tvm.runtime.tensor`` arguments.
+    plans : dict
+        Bucket key -> (rule name, config).
+    """
+
+    kernel: str
+    layout: object
+    arrays: dict
+    func: object
+    plans: dict
+    library: object
+
+    def weight_arrays(self):
+        """Kernel-layout weight arrays (and bias) in the order ``func`` takes them after X."""
+        return list(self.arrays.values())
+
+    def run(self, x):
+        """Compute ``x @ dequant(W)^T (+ b)`` for a float32 (M, K) array."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = tensor(np.empty((x.shape[0], self.layout.N), np.float32))
+        self.func(tensor(x), *[tensor(a) for a in self.weight_arrays()], y)
+        return y.numpy()
+
+
+def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS):
+    """Compile one quantized linear layer for ``target`` (default: this CPU).
+
+    Parameters
+    ----------
+    qw : QuantizedWeight
+        (N, K) quantized weight.
+    bias : np.ndarray of shape (N,), optional
+    target : None, "cpu", dict or TargetInfo
+    kernel : {"auto", "decode", "a8", "lut"}
+    """
+    check_kernel(kernel)
+    info = resolve_target(target)
+    layout, arrays = relayout(qw, info.vector_lanes)
+    if bias is not None:
+        arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
+    mod, plans = linear_irmodule(layout, arrays, bias is not None, info)
+    lib = compile_module(mod, target=info.tvm_target(), tir_pipeline=tir_pipeline())
+    return CompiledLinear("decode", layout, arrays, lib["mpgemm"], plans, lib)

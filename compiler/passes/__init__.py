@@ -1,0 +1,1 @@
+"""lowbit's IR passes, one file each, named after the pass."""

@@ -1,0 +1,95 @@
+"""Targets lowbit compiles for, with the host's features detected once.
+
+Schedule rules read features from a :class:`TargetInfo`; no rule probes the machine itself.
+"""
+import dataclasses
+
+from lowbit.errors import TargetError
+from lowbit.runtime.host import host_arch, host_cpu_features, host_cpu_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetInfo:
+    """A compile target: the TVM target dict plus the features lowbit's rules choose by.
+
+    Attributes
+    ----------
+    kind : str
+        ``"llvm"`` (CPU) or ``"cuda"``.
+    target : dict
+        The TVM target as a dict (``kind``, ``mtriple``, ``mcpu``, ``mattr``, ``num-cores``).
+    features : frozenset of str
+        LLVM feature names (``avx2``, ``avx512f``, ``avx512bw``, ``avx512vnni``, ...).
+    cpu_name : str
+        Human-readable CPU name, for reports.
+    """
+
+    kind: str
+    target: dict
+    features: frozenset
+    cpu_name: str
+
+    @property
+    def tag(self):
+        """Key for tuning records and artifacts: LLVM CPU name plus the SIMD level in use."""
+        return f"{self.target.get('mcpu', 'generic')}-{self.simd}"
+
+    @property
+    def simd(self):
+        """The widest float SIMD level the kernels use: ``avx512``, ``avx2`` or ``scalar``."""
+        if {"avx512f", "avx512bw", "avx512vl"} <= self.features:
+            return "avx512"
+        if {"avx2", "fma"} <= self.features:
+            return "avx2"
+        return "scalar"
+
+    @property
+    def vector_lanes(self):
+        """float32 lanes of one vector register at :attr:`simd`."""
+        return {"avx512": 16, "avx2": 8, "scalar": 4}[self.simd]
+
+    @property
+    def num_cores(self):
+        """Cores the kernels may use (``num-cores`` of the target)."""
+        return int(self.target.get("num-cores", 1))
+
+    def tvm_target(self):
+        """Return the ``tvm.target.Target`` for this target."""
+        from lowbit.compiler.tvm_api import Target
+
+        return Target(dict(self.target))
+
+    def required_features(self):
+        """Features a machine must have to run code built for this target (sorted list)."""
+        wanted = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}, "avx2": {"avx2", "fma"}}
+        return sorted(wanted.get(self.simd, set()) & self.features)
+
+
+def host_target(num_cores=None):
+    """Detect this machine's CPU and return the :class:`TargetInfo` that compiles for it."""
+    import os
+
+    from lowbit.compiler.tvm_api import llvm_host_cpu
+
+    if host_arch() != "x86_64":
+        raise TargetError(f"host architecture {host_arch()!r} is not supported yet: lowbit's CPU kernels "
+                          "target x86-64 (AVX2 / AVX-512); compile on an x86-64 machine")
+    features = host_cpu_features()
+    cores = num_cores or len(os.sched_getaffinity(0))
+    target = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu", "mcpu": llvm_host_cpu(), "num-cores": cores}
+    return TargetInfo(kind="llvm", target=target, features=features, cpu_name=host_cpu_model())
+
+
+def resolve_target(target):
+    """Turn a user's target (None, ``"cpu"``, ``"llvm"``, a dict or a TargetInfo) into a TargetInfo."""
+    if target is None or isinstance(target, str) and target in ("cpu", "llvm", "host"):
+        return host_target()
+    if isinstance(target, TargetInfo):
+        return target
+    if isinstance(target, dict) and target.get("kind") == "llvm":
+        features = frozenset(target.get("features", host_cpu_features()))
+        clean = {k: v for k, v in target.items() if k != "features"}
+        clean.setdefault("num-cores", 1)
+        return TargetInfo(kind="llvm", target=clean, features=features, cpu_name=str(clean.get("mcpu")))
+    raise TargetError(f"unknown target {target!r}: use 'cpu' (this machine) or a dict "
+                      "{'kind': 'llvm', 'mcpu': ..., 'features': [...]}; CUDA targets are not supported yet")

@@ -1,0 +1,52 @@
+"""The one place lowbit imports TVM's churning Python names (TVM 0.27: ``tvm.tirx``, ``tvm.s_tir``).
+
+An upgrade of TVM should change this file only.
+"""
+import os
+
+# TVM's thread pool assumes hyper-threading and starts half the logical CPUs; lowbit's kernels want all
+# the cores this process may run on. Set before the first parallel call; a user's setting wins.
+os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+import tvm  # noqa: E402
+from tvm import te, tirx  # noqa: E402,F401
+from tvm import s_tir  # noqa: E402,F401
+from tvm.s_tir import Schedule  # noqa: E402,F401
+from tvm.script import tirx as T  # noqa: E402,F401
+
+Target = tvm.target.Target
+compile_module = tvm.compile
+tensor = tvm.runtime.tensor
+
+
+def llvm_host_cpu():
+    """Return LLVM's name for this machine's CPU (``mcpu: native`` stays unresolved in TVM 0.27)."""
+    return tvm.target.codegen.llvm_get_system_cpu()
+
+
+def tir_pipeline():
+    """Name of lowbit's TIR pipeline (TVM's s_tir pipeline plus lowbit's host passes), registered once."""
+    if "lowbit" not in _REGISTERED:
+        _register_lowbit_pipeline()
+        _REGISTERED.add("lowbit")
+    return "lowbit"
+
+
+_REGISTERED = set()
+
+
+def _register_lowbit_pipeline():
+    from tvm.tirx import compilation_pipeline as cp
+
+    from lowbit.compiler.passes.attach_subroutine_device import AttachSubroutineDevice
+
+    def factory(**kwargs):
+        pipeline, finalize_host, finalize_device = cp.get_tir_pipeline("s_tir", **kwargs)
+
+        def lowbit_finalize_host():
+            return tvm.ir.transform.Sequential([AttachSubroutineDevice, finalize_host()])
+
+        return pipeline, lowbit_finalize_host, finalize_device
+
+    cp.register_tir_pipeline("lowbit", factory)
+
