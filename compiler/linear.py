@@ -57,19 +57,22 @@ def _dispatcher_buffers(layout, arrays, has_bias, m_var):
     return [tirx.decl_buffer(shape, dtype, name) for name, shape, dtype in shapes]
 
 
-def linear_irmodule(layout, arrays, has_bias, target, name="mpgemm", buckets=dispatch.DEFAULT_BUCKETS):
-    """Return (IRModule with the dispatcher ``name`` and one subroutine per bucket, plans per bucket)."""
-    funcs, calls, plans = {}, [], {}
+def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgemm",
+                         buckets=dispatch.DEFAULT_BUCKETS):
+    """Add one subroutine per M bucket and their dispatcher through ``add_func(func, name) -> GlobalVar``
+    (a Relax BlockBuilder's ``add_func``, which gives the GlobalVars the types ``call_tir`` checks).
+
+    Returns (dispatcher GlobalVar, {bucket key: (rule name, config)}).
+    """
+    calls, plans = [], {}
     for bucket in buckets:
         sub, takes_m, plan = _bucket_func(layout, bucket, has_bias, target)
-        gvar = tvm.ir.GlobalVar(f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
-        funcs[gvar] = sub
+        gvar = add_func(sub, f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
         calls.append((bucket, gvar, takes_m))
         plans[bucket.key] = plan
     m_var = tirx.Var("M", "int64")
     main = dispatch.dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls)
-    funcs[tvm.ir.GlobalVar(name)] = main
-    return tvm.IRModule(funcs), plans
+    return add_func(main, name), plans
 
 
 @dataclasses.dataclass
@@ -124,6 +127,9 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     layout, arrays = relayout(qw, info.vector_lanes)
     if bias is not None:
         arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
-    mod, plans = linear_irmodule(layout, arrays, bias is not None, info)
-    lib = compile_module(mod, target=info.tvm_target(), tir_pipeline=tir_pipeline())
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info)
+    lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
     return CompiledLinear("decode", layout, arrays, lib["mpgemm"], plans, lib)

@@ -50,3 +50,12 @@ def _register_lowbit_pipeline():
 
     cp.register_tir_pipeline("lowbit", factory)
 
+
+
+def relax_pipeline():
+    """TVM's default Relax build pipeline, then lowbit's KeepSubroutinesPrivate."""
+    from tvm import relax
+
+    from lowbit.compiler.passes.keep_subroutines_private import KeepSubroutinesPrivate
+
+    return tvm.transform.Sequential([relax.pipeline.default_build_pipeline(), KeepSubroutinesPrivate])

@@ -1,0 +1,116 @@
+"""The one compile pipeline, phase by phase: quantized layers -> kernels -> Relax graph -> build.
+
+Phases (``dump_ir`` writes the IR after each one):
+1. ``kernels``: per quantized linear layer, re-lay its weights and build its M-bucket TensorIR kernel.
+2. ``graph``: a Relax function ``main(x, *params)`` calling the kernels with ``call_tir`` and the float
+   operators (activations) as Relax ops.
+3. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's TIR pipeline.
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+from lowbit.compiler.graph import Activation, QuantizedLinear
+from lowbit.compiler.layout import relayout
+from lowbit.compiler.linear import add_linear_functions, check_kernel
+from lowbit.compiler.tvm_api import compile_module, relax_pipeline, tir_pipeline, tirx, tvm
+from lowbit.errors import WeightError
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """One quantized layer as compiled: names, sizes, its kernel and the schedules per M bucket."""
+
+    name: str
+    format: str
+    N: int
+    K: int
+    kernel: str
+    plans: dict
+    param_names: list
+    bits_per_weight: float
+
+
+@dataclasses.dataclass
+class Compiled:
+    """Output of the pipeline: the VM executable, its params in call order, and the layer plans."""
+
+    executable: object
+    params: list  # [(name, np.ndarray)]
+    layers: list  # [LayerPlan]
+
+
+def _dump(dump_dir, phase, text):
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        with open(os.path.join(dump_dir, f"{phase}.txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def build_kernels(model, target, kernel, bb):
+    """Phase 1: re-lay each quantized layer's weights and add its M-bucket kernel to ``bb``.
+
+    Returns one (arrays, dispatcher GlobalVar, LayerPlan) per quantized layer.
+    """
+    check_kernel(kernel)
+    built = []
+    for index, layer in enumerate(model.linear_layers()):
+        if not isinstance(layer, QuantizedLinear):
+            raise WeightError(f"layer {index} ({layer.name or 'linear'}) is not quantized: quantize the model "
+                              "first (lowbit.compiler.graph.quantize_sequential) or pass format=...")
+        layer_name = layer.name or f"linear{index}"
+        layout, arrays = relayout(layer.weight, target.vector_lanes)
+        if layer.bias is not None:
+            arrays["B"] = np.ascontiguousarray(layer.bias, dtype=np.float32).reshape(layout.N)
+        gvar, plans = add_linear_functions(bb.add_func, layout, arrays, layer.bias is not None, target,
+                                           name=f"layer{index}_mpgemm")
+        N, K = layer.shape
+        plan = LayerPlan(layer_name, layer.weight.format.name, N, K, "decode",
+                         {k: {"rule": r, "config": dataclasses.asdict(c)} for k, (r, c) in plans.items()},
+                         [f"{layer_name}.{key}" for key in arrays],
+                         float(layer.weight.format.bits_per_weight(K)))
+        built.append((arrays, gvar, plan))
+    return built
+
+
+def build_graph(model, kernels, bb):
+    """Phase 2: the Relax function ``main(x, *params) -> y`` calling the kernels; returns its params."""
+    from tvm import relax
+
+    m_var = tirx.Var("M", "int64")
+    x = relax.Var(model.input_name, relax.TensorType((m_var, model.in_features), "float32"))
+    param_vars, params = [], []
+    for arrays, _, plan in kernels:
+        for pname, array in zip(plan.param_names, arrays.values()):
+            param_vars.append(relax.Var(pname.replace(".", "_"), relax.TensorType(array.shape, str(array.dtype))))
+            params.append((pname, array))
+    with bb.function("main", [x] + param_vars):
+        with bb.dataflow():
+            h, cursor, layer_iter = x, 0, iter(kernels)
+            for layer in model.layers:
+                if isinstance(layer, Activation):
+                    h = bb.emit(getattr(relax.op.nn, layer.kind)(h))
+                    continue
+                arrays, gvar, plan = next(layer_iter)
+                args = [h] + param_vars[cursor:cursor + len(arrays)]
+                cursor += len(arrays)
+                h = bb.emit(relax.call_tir(gvar, args, relax.TensorType((m_var, plan.N), "float32")))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return params
+
+
+def run_pipeline(model, target, kernel="auto", dump_ir=None):
+    """Compile a quantized :class:`Sequential` for ``target`` (a TargetInfo); returns :class:`Compiled`."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    kernels = build_kernels(model, target, kernel, bb)
+    _dump(dump_ir, "1-kernels", bb.get().script())
+    params = build_graph(model, kernels, bb)
+    mod = bb.get()
+    _dump(dump_ir, "2-graph", mod.script())
+    executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
+                                tir_pipeline=tir_pipeline())
+    return Compiled(executable, params, [plan for _, _, plan in kernels])
