@@ -58,6 +58,20 @@ def _placeholders(layout, M, has_bias):
     return X, W, S, third, B
 
 
+def padded_rows(M, m_tile):
+    """M rounded up to a multiple of ``m_tile``: register tiles then need no per-row predicate (the
+    padding rows read a real row of X and are never stored)."""
+    if m_tile == 1:
+        return M
+    if isinstance(M, int):
+        return -(-M // m_tile) * m_tile
+    return tirx.floordiv(M + (m_tile - 1), m_tile) * m_tile
+
+
+def _row(m, M, m_tile):
+    return m if m_tile == 1 else tirx.min(m, M - 1)
+
+
 def _output(Y1, B, layout, M):
     if B is None:
         return te.compute((M, layout.N), lambda m, n: Y1[m, n], name="Y")
@@ -68,7 +82,7 @@ def _args(X, W, S, third, B, Y):
     return [X, W, S, third] + ([B] if B is not None else []) + [Y]
 
 
-def accumulate_compute(layout, M, partials, has_bias):
+def accumulate_compute(layout, M, partials, has_bias, m_tile=1):
     """Small-M template: per-group code x activation sums, scale and zero point applied per group.
 
     Parameters
@@ -79,6 +93,8 @@ def accumulate_compute(layout, M, partials, has_bias):
     partials : int
         Independent accumulators per word (divides ``codes_per_word``).
     has_bias : bool
+    m_tile : int
+        Rows of X per register tile (M is padded to a multiple of it inside the kernel).
     """
     L, vpw, bits = layout.lanes, layout.codes_per_word, layout.bits
     assert vpw % partials == 0, (vpw, partials)
@@ -92,9 +108,10 @@ def accumulate_compute(layout, M, partials, has_bias):
         slot = ii * partials + p
         code = decode_code(layout, W[nt, g, j, lane], slot)
         value = unit_float(layout, code) if affine else third[code]
-        return value * Xp[m, g, j * vpw + slot]
+        return value * Xp[_row(m, M, m_tile), g, j * vpw + slot]
 
-    acc = te.compute((M, layout.n_tiles, layout.n_groups, partials, L),
+    Mp = padded_rows(M, m_tile)
+    acc = te.compute((Mp, layout.n_tiles, layout.n_groups, partials, L),
                      lambda m, nt, g, p, lane: te.sum(term(m, nt, g, p, lane), axis=[j, ii]), name="ACC")
     g2 = te.reduce_axis((0, layout.n_groups), name="g2")
     p2 = te.reduce_axis((0, partials), name="p2")
@@ -107,18 +124,19 @@ def accumulate_compute(layout, M, partials, has_bias):
         def group_term(m, n):
             nt, lane = n // L, n % L
             s = S[nt, g2, lane] * unit
-            zero_term = tirx.Select(p2 == 0, (s + third[nt, g2, lane]) * Xs[m, g2], tirx.const(0, F32))
+            zero_term = tirx.Select(p2 == 0, (s + third[nt, g2, lane]) * Xs[_row(m, M, m_tile), g2],
+                                    tirx.const(0, F32))
             return s * acc[m, nt, g2, p2, lane] - zero_term
     else:
         def group_term(m, n):
             return S[n // L, g2, n % L] * acc[m, n // L, g2, p2, n % L]
 
-    Y1 = te.compute((M, layout.n_tiles * L), lambda m, n: te.sum(group_term(m, n), axis=[g2, p2]), name="Y1")
+    Y1 = te.compute((Mp, layout.n_tiles * L), lambda m, n: te.sum(group_term(m, n), axis=[g2, p2]), name="Y1")
     Y = _output(Y1, B, layout, M)
     return te.create_prim_func(_args(X, W, S, third, B, Y))
 
 
-def dequant_tile_compute(layout, M, has_bias):
+def dequant_tile_compute(layout, M, has_bias, m_tile=1):
     """Large-M template: rows decoded to float32 (``WF``, a scratch tile once scheduled), then a GEMM."""
     L, vpw = layout.lanes, layout.codes_per_word
     X, W, S, third, B = _placeholders(layout, M, has_bias)
@@ -133,7 +151,8 @@ def dequant_tile_compute(layout, M, has_bias):
     WF = te.compute((layout.n_tiles, layout.n_groups, layout.padded_group, L), dequant, name="WF")
     g = te.reduce_axis((0, layout.n_groups), name="g")
     kk = te.reduce_axis((0, layout.padded_group), name="kk")
-    Y1 = te.compute((M, layout.n_tiles * L),
-                    lambda m, n: te.sum(Xp[m, g, kk] * WF[n // L, g, kk, n % L], axis=[g, kk]), name="Y1")
+    Y1 = te.compute((padded_rows(M, m_tile), layout.n_tiles * L),
+                    lambda m, n: te.sum(Xp[_row(m, M, m_tile), g, kk] * WF[n // L, g, kk, n % L], axis=[g, kk]),
+                    name="Y1")
     Y = _output(Y1, B, layout, M)
     return te.create_prim_func(_args(X, W, S, third, B, Y))

@@ -53,7 +53,7 @@ class DecodeAccumulate:
 
     def template(self, layout, M, has_bias, config):
         partials = config.partials or layout.codes_per_word
-        return kernels.accumulate_compute(layout, M, partials, has_bias)
+        return kernels.accumulate_compute(layout, M, partials, has_bias, config.m_tile)
 
     def apply(self, func, target, config):
         if not {"ACC", "Y1", "Y"} <= _block_names(func):
@@ -101,9 +101,10 @@ class DecodeAccumulate:
 
 @dataclasses.dataclass(frozen=True)
 class DequantTileConfig:
-    """Knobs of :class:`DecodeDequantTile`: rows of X per register tile."""
+    """Knobs of :class:`DecodeDequantTile`: rows of X and vector tiles of output rows per register tile."""
 
-    m_tile: int = 8
+    m_tile: int = 6
+    n_vectors: int = 2
 
 
 class DecodeDequantTile:
@@ -113,7 +114,7 @@ class DecodeDequantTile:
     name = "decode_dequant_tile"
 
     def template(self, layout, M, has_bias, config):
-        return kernels.dequant_tile_compute(layout, M, has_bias)
+        return kernels.dequant_tile_compute(layout, M, has_bias, config.m_tile)
 
     def apply(self, func, target, config):
         if not {"WF", "Y1", "Y"} <= _block_names(func):
@@ -122,17 +123,19 @@ class DecodeDequantTile:
         lanes = target.vector_lanes
         y1, wf, y = sch.get_sblock("Y1"), sch.get_sblock("WF"), sch.get_sblock("Y")
         m, n, g, kk = sch.get_loops(y1)
-        nt, lane = sch.split(n, [None, lanes])
+        nt, vec, lane = sch.split(n, [None, config.n_vectors, lanes])
         mo, rows = sch.split(m, [None, config.m_tile])
-        sch.reorder(nt, mo, g, kk, rows, lane)
+        sch.reorder(nt, mo, g, kk, rows, vec, lane)
         sch.compute_at(wf, nt)
         sch.vectorize(sch.get_loops(wf)[-1])
         sch.set_scope(wf, 0, "global")
         sch.unroll(rows)
+        sch.unroll(vec)
         sch.vectorize(lane)
         local = sch.cache_write(y1, 0, "local")
         sch.reverse_compute_at(local, mo)
-        sch.reverse_compute_at(y, nt)
+        sch.compute_inline(local)  # Y reads the register tile directly; only Y's stores check M
+        sch.reverse_compute_at(y, mo)
         sch.parallel(nt)
         sch.decompose_reduction(y1, g)
         return sch
