@@ -28,7 +28,7 @@ class KernelLayout:
     bits: int
     group_size: int
     lanes: int
-    decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]
+    decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]; "a8": byte-sliced, int8 dot
 
     @property
     def codes_per_word(self):
@@ -55,12 +55,12 @@ class KernelLayout:
     def packed_bytes(self):
         """Bytes the kernel reads for weights: words, scales (and scale*zero) per lane."""
         words = self.n_tiles * self.n_groups * self.words_per_group * self.lanes * 4
-        per_group = self.n_tiles * self.n_groups * self.lanes * 4 * (2 if self.decode == "affine" else 1)
+        per_group = self.n_tiles * self.n_groups * self.lanes * 4 * (1 if self.decode == "codebook" else 2)
         return words + per_group
 
     def arg_names(self):
         """Names of the weight arrays, in the order the kernel takes them (after X)."""
-        return ["W", "S", "SZ"] if self.decode == "affine" else ["W", "S", "LV"]
+        return {"affine": ["W", "S", "SZ"], "codebook": ["W", "S", "LV"], "a8": ["W", "S", "Z"]}[self.decode]
 
 
 def layout_for(qw, lanes):
@@ -112,3 +112,43 @@ def relayout(qw, lanes):
     else:
         arrays["LV"] = np.asarray(qw.format.levels, np.float32)
     return layout, arrays
+
+
+def byte_sliced_order(bits):
+    """Permutation of the codes of one word for the int8 dot-product kernels.
+
+    Slot ``i`` of a word (bits ``[i*bits, (i+1)*bits)``) holds code ``k = (i % slots) * 4 + i // slots``
+    (``slots = 8 // bits`` codes per byte): then ``(word >> slot*bits) & mask*0x01010101`` yields the codes
+    ``slot*4 .. slot*4+3`` as the four bytes of the lane (see compiler/intrinsics/x86_dot.py).
+    """
+    slots = 8 // bits
+    return np.array([(i % slots) * 4 + i // slots for i in range(32 // bits)])
+
+
+def relayout_a8(qw, lanes):
+    """Re-lay a uniform or ternary QuantizedWeight for the int8-activation (``a8``) kernels.
+
+    Codes are stored in ``storage_bits(bits)`` (1, 2, 4 or 8) so that they never straddle a byte, in
+    byte-sliced order within each word. Arrays: ``W`` int32 (NT, Gn, wpg, lanes), ``S`` float32 scales and
+    ``Z`` int32 zero points (NT, Gn, lanes).
+    """
+    from lowbit.compiler.intrinsics.x86_dot import storage_bits
+
+    fmt = qw.format
+    N, K = qw.codes.shape
+    layout = KernelLayout(N=N, K=K, bits=storage_bits(fmt.bits), group_size=fmt.group_size or K, lanes=lanes,
+                          decode="a8")
+    G, Gp, vpw = layout.group_size, layout.padded_group, layout.codes_per_word
+    grouped = qw.codes.reshape(N, layout.n_groups, G)
+    if Gp != G:
+        grouped = np.concatenate([grouped, np.zeros((N, layout.n_groups, Gp - G), np.uint8)], axis=2)
+    words = grouped.reshape(N, layout.n_groups, layout.words_per_group, vpw)[..., byte_sliced_order(layout.bits)]
+    arrays = {"W": pack_words(words.reshape(N, layout.n_groups * Gp)[:, :layout.n_groups * Gp], _unpadded(layout)),
+              "S": np.ascontiguousarray(_interleave_rows(qw.scales.astype(np.float32), layout)),
+              "Z": np.ascontiguousarray(_interleave_rows(qw.affine_zeros().astype(np.int32), layout))}
+    return layout, arrays
+
+
+def _unpadded(layout):
+    """The layout whose groups are already whole words (for packing codes padded by the caller)."""
+    return dataclasses.replace(layout, K=layout.n_groups * layout.padded_group, group_size=layout.padded_group)

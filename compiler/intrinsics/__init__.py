@@ -1,0 +1,1 @@
+"""Custom TensorIR intrinsics (``TensorIntrin``): description from the reference expression, host implementation."""

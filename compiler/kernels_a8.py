@@ -1,0 +1,88 @@
+"""Compute definition (TensorIR, through TE) of the int8-activation mpGEMM kernel (``a8``).
+
+Activations are quantized on the fly, per row and K-group, to int8 with a symmetric scale
+``xs = max|x| / 127``; weights are decoded to unsigned bytes in registers; the integer dot products
+accumulate in int32 per group; the group's float scales and zero point are applied once per group::
+
+    y[m, n] = sum_g xs[m, g] * s[n, g] * (sum_k q[n, k] * xq[m, k]  -  z[n, g] * sum_k xq[m, k])
+
+The zero-point term uses the per-group sum of the quantized activations (computed once per call), never a
+per-element subtraction. The dot product is the reference expression of
+:func:`lowbit.compiler.intrinsics.x86_dot.dot_term`, which the schedule tensorizes with the host's
+instruction. :func:`reference` is the NumPy truth of the whole kernel.
+
+Params, in order: ``X, W, S, Z, [B], Y`` (layout: :func:`lowbit.compiler.layout.relayout_a8`).
+"""
+import numpy as np
+
+from lowbit.compiler.intrinsics.x86_dot import dot_term
+from lowbit.compiler.kernels import F32, _output, _padded_activations, _row, padded_rows
+from lowbit.compiler.tvm_api import te, tirx
+
+INT8_MAX = 127.0
+TINY = 1e-30  # guards the all-zero group: its codes are 0 whatever the scale
+
+
+def quantize_activations(Xp, M, layout):
+    """Blocks AMAX (per row and group), XQ (int8) and XSUM (int32 sum of XQ per row and group)."""
+    r = te.reduce_axis((0, layout.padded_group), name="r")
+    amax = te.compute((M, layout.n_groups), lambda m, g: te.max(tirx.abs(Xp[m, g, r]), axis=r), name="AMAX")
+
+    def quantized(m, g, kk):
+        inverse = tirx.const(INT8_MAX, F32) / tirx.max(amax[m, g], tirx.const(TINY, F32))
+        return tirx.round(Xp[m, g, kk] * inverse).astype("int8")
+
+    xq = te.compute((M, layout.n_groups, layout.padded_group), quantized, name="XQ")
+    r2 = te.reduce_axis((0, layout.padded_group), name="r2")
+    xsum = te.compute((M, layout.n_groups), lambda m, g: te.sum(xq[m, g, r2].astype("int32"), axis=r2), name="XSUM")
+    return amax, xq, xsum
+
+
+def a8_compute(layout, M, has_bias, m_tile=1):
+    """The ``a8`` template for ``M`` rows (int or Var), padded inside to a multiple of ``m_tile``."""
+    L, bits, vpw = layout.lanes, layout.bits, layout.codes_per_word
+    X = te.placeholder((M, layout.K), F32, name="X")
+    W = te.placeholder((layout.n_tiles, layout.n_groups, layout.words_per_group, L), "int32", name="W")
+    S = te.placeholder((layout.n_tiles, layout.n_groups, L), F32, name="S")
+    Z = te.placeholder((layout.n_tiles, layout.n_groups, L), "int32", name="Z")
+    B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
+    amax, xq, xsum = quantize_activations(_padded_activations(X, layout, M), M, layout)
+    w = te.reduce_axis((0, layout.words_per_group), name="w")
+    j = te.reduce_axis((0, 4), name="j")
+    # 8-bit codes have one slot per byte: no slot axis (a unit loop would not match the intrinsic)
+    p = te.reduce_axis((0, 8 // bits), name="p") if bits < 8 else tirx.const(0, "int32")
+    axes = [w, p, j] if bits < 8 else [w, j]
+    Mp = padded_rows(M, m_tile)
+    acc = te.compute(
+        (Mp, layout.n_tiles, layout.n_groups, L),
+        lambda m, nt, g, lane: te.sum(dot_term(W[nt, g, w, lane], xq[_row(m, M, m_tile), g, w * vpw + p * 4 + j],
+                                               p, j, bits), axis=axes),
+        name="ACC")
+    g2 = te.reduce_axis((0, layout.n_groups), name="g2")
+
+    def group_term(m, n):
+        nt, lane, row = n // L, n % L, _row(m, M, m_tile)
+        scale = amax[row, g2] * tirx.const(1.0 / INT8_MAX, F32) * S[nt, g2, lane]
+        return scale * (acc[m, nt, g2, lane] - Z[nt, g2, lane] * xsum[row, g2]).astype(F32)
+
+    Y1 = te.compute((Mp, layout.n_tiles * L), lambda m, n: te.sum(group_term(m, n), axis=g2), name="Y1")
+    Y = _output(Y1, B, layout, M)
+    func = te.create_prim_func([X, W, S, Z] + ([B] if B is not None else []) + [Y])
+    return func.with_attr("lowbit.code_bits", bits)
+
+
+def quantize_activations_reference(x, group_size):
+    """NumPy twin of :func:`quantize_activations`: (dequantized activations float64, xq int8, xs float32)."""
+    M, K = x.shape
+    groups = x.astype(np.float32).reshape(M, K // group_size, group_size)
+    amax = np.abs(groups).max(axis=2, keepdims=True)
+    inverse = np.float32(INT8_MAX) / np.maximum(amax, np.float32(TINY))
+    xq = np.round(groups * inverse).astype(np.int8)  # |x * inverse| <= 127 (float32, as the kernel)
+    xs = amax * np.float32(1.0 / INT8_MAX)
+    return (xq.astype(np.float64) * xs.astype(np.float64)).reshape(M, K), xq.reshape(M, K), xs[..., 0]
+
+
+def reference(qw, x):
+    """What the ``a8`` kernel computes, in float64: int8-quantized activations times the dequantized weight."""
+    x_deq, _, _ = quantize_activations_reference(x, qw.group_size)
+    return x_deq @ qw.dequantize().astype(np.float64).T

@@ -1,0 +1,101 @@
+"""CPU schedule rule for the int8-activation mpGEMM kernel (template: compiler/kernels_a8.py).
+
+Loop nest per parallel tile of ``lanes`` output rows (and ``m_tile`` rows of X): groups -> words ->
+rows (unrolled) -> one tensorized packed-decode dot product per word (``vpdpbusd`` or
+``vpmaddubsw``+``vpmaddwd``, chosen from the target's features). The int32 group sums live in registers;
+the group's scales and zero point are applied once per group. Activation quantization runs once per call,
+before the parallel loop.
+"""
+import dataclasses
+
+from lowbit.compiler import kernels_a8
+from lowbit.compiler.intrinsics import x86_dot
+from lowbit.compiler.tvm_api import Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class A8Config:
+    """Knobs of :class:`DecodeA8`.
+
+    m_tile : rows of X that share each decoded weight word.
+    intrinsic : tensorize the dot product with the host's instruction (False leaves LLVM the reference
+        expression: slow, used to check the intrinsic against its description).
+    """
+
+    m_tile: int = 1
+    intrinsic: bool = True
+
+
+class DecodeA8:
+    """Int8-activation kernel with the packed-decode dot-product intrinsic."""
+
+    name = "decode_a8"
+
+    def template(self, layout, M, has_bias, config):
+        return kernels_a8.a8_compute(layout, M, has_bias, config.m_tile)
+
+    def apply(self, func, target, config):
+        sch = Schedule(func)
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if not {"ACC", "XQ", "Y1", "Y"} <= names:
+            return None
+        isa = x86_dot.isa_for(target.features)
+        if isa is None or x86_dot.LANES[isa] != target.vector_lanes:
+            return None
+        self._schedule_quantize(sch)
+        # storage bits (1, 2, 4, 8); whether the codes' values fit the ISA's int16 pair sums depends on the
+        # format's bits, which the kernel choice (compiler/linear.py, a8_unsupported) checks
+        bits = int(func.attrs["lowbit.code_bits"])
+        self._schedule_gemm(sch, target.vector_lanes, config, x86_dot.register(bits, isa))
+        return sch
+
+    @staticmethod
+    def _schedule_quantize(sch):
+        for name in ("AMAX", "XSUM"):
+            loops = sch.get_loops(sch.get_sblock(name))
+            sch.parallel(sch.fuse(*loops[:2]))
+        xq = sch.get_sblock("XQ")
+        m, g, kk = sch.get_loops(xq)
+        sch.parallel(sch.fuse(m, g))
+        sch.vectorize(kk)
+        for name in ("Xp",):
+            block = sch.get_sblock(name)
+            sch.compute_inline(block)
+
+    @staticmethod
+    def _schedule_gemm(sch, lanes, config, intrin):
+        y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
+        m, n, g = sch.get_loops(y1)
+        nt, lane = sch.split(n, [None, lanes])
+        if config.m_tile == 1:
+            sch.reorder(m, nt, g, lane)
+            outer, rows = sch.fuse(m, nt), None
+        else:
+            mo, rows = sch.split(m, [None, config.m_tile])
+            sch.reorder(nt, mo, g, rows, lane)
+            outer = nt
+            sch.unroll(rows)
+        sch.vectorize(lane)
+        sch.parallel(outer)
+        sch.compute_at(acc, g)
+        # compute_at regenerates ACC's loops under g as (rows, lane, w, p, j), dropping unit extents
+        # (rows when m_tile == 1, p for 8-bit codes, w for a one-word group)
+        reduce = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[4:]]  # (w, p, j) or (w, j)
+        extents = {"rows": config.m_tile, "lane": lanes, "w": reduce[0], "p": reduce[1] if len(reduce) == 3 else 1,
+                   "j": 4}
+        kept = [name for name, extent in extents.items() if extent > 1]
+        named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
+        order = [named[k] for k in ("w", "rows", "lane", "p", "j") if k in named]
+        sch.reorder(*order)
+        if "rows" in named:
+            sch.unroll(named["rows"])
+        a_lane, first = named["lane"], order[0]
+        sch.set_scope(acc, 0, "local")
+        local = sch.cache_write(y1, 0, "local")
+        sch.compute_inline(local)
+        sch.reverse_compute_at(y, outer)
+        init = sch.decompose_reduction(acc, first)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.decompose_reduction(y1, g)
+        if config.intrinsic:
+            sch.tensorize(a_lane, intrin)
