@@ -1,12 +1,11 @@
 """``lowbit.compile``: the user-facing entry point of the compiler."""
 import dataclasses
-
-import numpy as np
+import os
 
 from lowbit.compiler.graph import Sequential, quantize_sequential
-from lowbit.compiler.pipeline import run_pipeline
+from lowbit.compiler.pipeline import run_pipeline, run_relax_pipeline
 from lowbit.compiler.target import resolve_target
-from lowbit.errors import InputError, WeightError
+from lowbit.errors import ModelError, WeightError
 
 
 @dataclasses.dataclass
@@ -24,26 +23,24 @@ class CompiledModel:
     manifest: dict
     _vm: object = None
 
-    def _machine(self):
+    def _module(self):
         if self._vm is None:
             from lowbit.compiler.tvm_api import tensor, tvm
+            from lowbit.runtime.module import Module
 
-            self._vm = tvm.runtime.vm.VirtualMachine(self.compiled.executable, tvm.cpu())
-            self._params = [tensor(array) for _, array in self.compiled.params]
+            machine = tvm.runtime.vm.VirtualMachine(self.compiled.executable, tvm.cpu())
+            params = [tensor(array) for _, array in self.compiled.params]
+            self._vm = Module(self.manifest, machine, params, tvm)
         return self._vm
 
-    def __call__(self, x):
-        """Run on one float32 array ``(M, K)``; returns the output array ``(M, N)``."""
-        from lowbit.compiler.tvm_api import tensor
+    def __call__(self, *inputs, **named):
+        """Run on NumPy arrays, by position or by input name (``manifest["inputs"]`` gives the order).
 
-        spec = self.manifest["inputs"][0]
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise InputError(f"input {spec['name']!r} has dtype {x.dtype}, expected float32: cast with .astype(np.float32)")
-        if x.ndim != 2 or x.shape[1] != spec["shape"][1] or x.shape[0] < 1:
-            raise InputError(f"input {spec['name']!r} has shape {x.shape}, expected (M >= 1, {spec['shape'][1]})")
-        vm = self._machine()
-        return vm["main"](tensor(np.ascontiguousarray(x)), *self._params).numpy()
+        Each input's dtype must match exactly, its rank too, and its static dims; symbolic dims take any size
+        >= 1. Returns one array, or a tuple of arrays when the model has several outputs. The same checks as
+        :class:`lowbit.runtime.Module` (this *is* one, on the in-memory executable).
+        """
+        return self._module()(*inputs, **named)
 
     def save(self, path):
         """Write the artifact (library, packed weights, manifest) to ``path`` atomically."""
@@ -54,41 +51,79 @@ class CompiledModel:
         return path
 
 
-def _manifest(model, compiled, target):
+def _layer_entries(compiled, patterns=None):
     layers = [dataclasses.asdict(plan) for plan in compiled.layers]
-    for layer in layers:
+    for index, layer in enumerate(layers):
         layer["schedule"] = "default"
+        if patterns is not None:
+            layer["pattern"] = patterns[index]
+    return layers
+
+
+def _manifest(model, compiled, target):
     out_features = compiled.layers[-1].N
-    return {
-        "target": dict(target.target),
-        "target_tag": target.tag,
-        "cpu": target.cpu_name,
-        "required_features": target.required_features(),
+    return _target_manifest(target, {
         "inputs": [{"name": model.input_name, "shape": ["M", model.in_features], "dtype": "float32"}],
         "outputs": [{"name": model.output_name, "shape": ["M", out_features], "dtype": "float32"}],
-        "layers": layers,
-        "entry": "main",
-    }
+        "layers": _layer_entries(compiled),
+    })
 
 
-def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None):  # noqa: A001 (the API's name)
+def _onnx_manifest(imported, compiled, target):
+    patterns = [spec.pattern for spec in imported.quantized.values()]
+    return _target_manifest(target, {"inputs": imported.inputs, "outputs": imported.outputs,
+                                     "layers": _layer_entries(compiled, patterns), "source": "onnx"})
+
+
+def _target_manifest(target, body):
+    return {"target": dict(target.target), "target_tag": target.tag, "cpu": target.cpu_name,
+            "required_features": target.required_features(), **body, "entry": "main"}
+
+
+def is_onnx_model(model):
+    """Whether ``model`` is an ONNX model: a path (str / os.PathLike) or an ``onnx.ModelProto``."""
+    if isinstance(model, (str, os.PathLike)):
+        return True
+    cls = type(model)
+    return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
+
+
+def _compile_onnx(model, info, format, kernel, dump_ir, progress):  # noqa: A002
+    from lowbit.frontends.onnx import import_onnx
+
+    imported = import_onnx(model, format=format)
+    if not imported.quantized:
+        hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
+            else "it has no MatMul / Gemm with a constant 2-D weight"
+        raise ModelError(f"the ONNX model has no quantized MatMul / Gemm lowbit recognises: {hint}")
+    compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress)
+    return CompiledModel(compiled, info, _onnx_manifest(imported, compiled, info))
+
+
+def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progress=False):  # noqa: A001,A002
     """Compile a model into a :class:`CompiledModel`.
 
     Parameters
     ----------
-    model : Sequential
-        A layer sequence (``lowbit.compiler.graph``); float ``Linear`` layers need ``format``.
+    model : Sequential, str, os.PathLike or onnx.ModelProto
+        A layer sequence (``lowbit.compiler.graph``; float ``Linear`` layers need ``format``), or an ONNX model
+        (a path or a ModelProto) whose quantized MatMul / Gemm patterns become lowbit kernels.
     target : "cpu", dict or TargetInfo
         Where the code runs (default: this CPU, features detected).
     format : str or format object, optional
-        Quantize float linear layers to this format first (``w4g128``, ``ternary``, ``nf4g64``, ...).
+        Quantize float linear layers (ONNX: constant float MatMul / Gemm weights) to this format first
+        (``w4g128``, ``ternary``, ``nf4g64``, ...).
     kernel : {"auto", "decode", "a8", "lut"}
     dump_ir : str, optional
         Folder to write the IR after each phase.
+    progress : bool
+        Show a progress bar over the quantized layers while their kernels are built (ONNX models).
     """
+    if is_onnx_model(model):
+        return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress)
     if not isinstance(model, Sequential):
-        raise WeightError(f"lowbit.compile takes a lowbit.compiler.graph.Sequential, got {type(model).__name__}; "
-                          "ONNX and torch models come through lowbit's frontends")
+        raise WeightError(f"lowbit.compile takes an ONNX model (path or onnx.ModelProto) or a "
+                          f"lowbit.compiler.graph.Sequential, got {type(model).__name__}")
     if format is not None:
         model = quantize_sequential(model, format)
     info = resolve_target(target)

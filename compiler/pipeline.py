@@ -1,10 +1,15 @@
 """The one compile pipeline, phase by phase: quantized layers -> kernels -> Relax graph -> build.
 
-Phases (``dump_ir`` writes the IR after each one):
+Models from a frontend (ONNX) go through :func:`run_relax_pipeline` (``dump_ir`` writes the IR after each):
+0. ``import``: the frontend's Relax module, quantized weights as ``lowbit_w{i}`` placeholder parameters.
+1. ``lower``: ``LowerQuantizedMatmul`` replaces each placeholder matmul by its layer's M-bucket kernel.
+2. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's Relax and TIR pipelines.
+
+A :class:`Sequential` goes through :func:`run_pipeline`:
 1. ``kernels``: per quantized linear layer, re-lay its weights and build its M-bucket TensorIR kernel.
 2. ``graph``: a Relax function ``main(x, *params)`` calling the kernels with ``call_tir`` and the float
    operators (activations) as Relax ops.
-3. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's TIR pipeline.
+3. ``build``: as above.
 """
 import dataclasses
 import os
@@ -12,8 +17,7 @@ import os
 import numpy as np
 
 from lowbit.compiler.graph import Activation, QuantizedLinear
-from lowbit.compiler.layout import relayout
-from lowbit.compiler.linear import add_linear_functions, check_kernel
+from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer
 from lowbit.compiler.tvm_api import compile_module, relax_pipeline, tir_pipeline, tirx, tvm
 from lowbit.errors import WeightError
 
@@ -60,13 +64,11 @@ def build_kernels(model, target, kernel, bb):
             raise WeightError(f"layer {index} ({layer.name or 'linear'}) is not quantized: quantize the model "
                               "first (lowbit.compiler.graph.quantize_sequential) or pass format=...")
         layer_name = layer.name or f"linear{index}"
-        layout, arrays = relayout(layer.weight, target.vector_lanes)
-        if layer.bias is not None:
-            arrays["B"] = np.ascontiguousarray(layer.bias, dtype=np.float32).reshape(layout.N)
+        chosen, layout, arrays = prepare_layer(layer.weight, layer.bias, target, kernel)
         gvar, plans = add_linear_functions(bb.add_func, layout, arrays, layer.bias is not None, target,
                                            name=f"layer{index}_mpgemm")
         N, K = layer.shape
-        plan = LayerPlan(layer_name, layer.weight.format.name, N, K, "decode",
+        plan = LayerPlan(layer_name, layer.weight.format.name, N, K, chosen,
                          {k: {"rule": r, "config": dataclasses.asdict(c)} for k, (r, c) in plans.items()},
                          [f"{layer_name}.{key}" for key in arrays],
                          float(layer.weight.format.bits_per_weight(K)))
@@ -114,3 +116,23 @@ def run_pipeline(model, target, kernel="auto", dump_ir=None):
     executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
                                 tir_pipeline=tir_pipeline())
     return Compiled(executable, params, [plan for _, _, plan in kernels])
+
+
+def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=False):
+    """Compile a frontend's :class:`~lowbit.frontends.onnx.ImportedModel` for ``target`` (a TargetInfo).
+
+    Float constants of the model stay bound in the module; the kernels' arrays are returned as params
+    (after the model's inputs in ``main``'s signature). Returns :class:`Compiled`.
+    """
+    from lowbit.compiler.passes.lower_quantized_matmul import LowerQuantizedMatmul
+
+    check_kernel(kernel)
+    mod = imported.mod
+    _dump(dump_ir, "0-import", mod.script())
+    lower = LowerQuantizedMatmul(imported.quantized, target, kernel=kernel, progress=progress)
+    mod = lower(mod)
+    _dump(dump_ir, "1-lower", mod.script())
+    executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
+                                tir_pipeline=tir_pipeline())
+    _dump(dump_ir, "2-build", executable.as_text())
+    return Compiled(executable, list(lower.params), list(lower.plans))

@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 import tvm  # noqa: E402
-from tvm import te, tirx  # noqa: E402,F401
+from tvm import relax, te, tirx  # noqa: E402,F401
 from tvm import s_tir  # noqa: E402,F401
 from tvm.s_tir import Schedule  # noqa: E402,F401
 from tvm.script import tirx as T  # noqa: E402,F401
@@ -59,3 +59,17 @@ def relax_pipeline():
     from lowbit.compiler.passes.keep_subroutines_private import KeepSubroutinesPrivate
 
     return tvm.transform.Sequential([relax.pipeline.default_build_pipeline(), KeepSubroutinesPrivate])
+
+
+def onnx_importer():
+    """TVM's ONNX -> Relax importer (``tvm.relax.frontend.onnx.from_onnx``)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return from_onnx
+
+
+def onnx_supported_ops():
+    """ONNX operator types TVM's ONNX importer converts (its converter map, plus ``If`` it handles itself)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return set(onnx_frontend._get_convert_map()) | {"If", "Constant"}  # noqa: SLF001 (no public accessor)

@@ -91,7 +91,7 @@ def lowbit_runner(linear, x, copies):
     # tensor() copies each array into its own TVM buffer: the copies share no memory.
     weight_sets = [[tensor(a) for a in linear.weight_arrays()] for _ in range(copies)]
     calls = [lambda weights=weights: (linear.func(x_t, *weights, y_t), y_t)[1] for weights in weight_sets]
-    return peers._rotate(calls)
+    return peers.rotate(calls)
 
 
 def check_shapes(shapes):
@@ -125,7 +125,7 @@ class _Measurements:
         self.target, self.llc, self.repeat, self.notes = target, llc, repeat, notes
         self.threads = target.num_cores
         self._float_peers, self._ort, self._weights = {}, {}, {}
-        self._weights_key = None
+        self._weights_key, self._dequantized = None, (None, None)
 
     def copies(self, name, weight_bytes):
         copies = copies_for(weight_bytes, self.llc)
@@ -141,14 +141,19 @@ class _Measurements:
         return self._weights["float"]
 
     def quantized(self, N, K, fmt):
-        """(QuantizedWeight, its dequantized value transposed, float64) for the seeded weight in ``fmt``."""
+        """(QuantizedWeight, its dequantized float32 value) for the seeded weight in ``fmt``.
+
+        The dequantized weight (4 bytes per weight) is kept for the latest format only.
+        """
         from lowbit.compiler.formats import quantize
 
         weight = self.float_weight(N, K)
         if fmt.name not in self._weights:
-            qw = quantize(weight, fmt)
-            self._weights[fmt.name] = (qw, qw.dequantize().T.astype(np.float64))
-        return self._weights[fmt.name]
+            self._weights[fmt.name] = quantize(weight, fmt)
+        qw = self._weights[fmt.name]
+        if self._dequantized[0] is not qw:
+            self._dequantized = (qw, qw.dequantize())
+        return self._dequantized
 
     def time_peer(self, name, x, weight, weight_bytes, check=None):
         """Median ms of peer ``name`` (None where it cannot run this weight)."""
@@ -206,14 +211,15 @@ def kernel_activations(kernel, x, qw):
     return quantize_activations_reference(x, qw.group_size)[0]
 
 
-def _checker(x, qw, reference_t, where):
+def _checker(x, qw, dequantized, where):
     """check(name, y, kernel): raise KernelError naming the combo when ``y`` is off ``x' @ dequant(W)^T``
     (``x'`` = :func:`kernel_activations`) by more than fp32 arithmetic can explain."""
 
     def check(name, y, kernel="decode"):
         x_used = kernel_activations(kernel, x, qw)
         try:
-            peers.check_result(name, y, x_used, qw, x_used.astype(np.float64) @ reference_t)
+            reference = x_used.astype(np.float64) @ dequantized.T.astype(np.float64)
+            peers.check_result(name, y, x_used, qw, reference)
         except AssertionError as err:
             raise KernelError(f"{where}: wrong result, so no benchmark number is reported: {err}") from None
 
@@ -353,9 +359,9 @@ def _start_header(target, repeat, llc):
 def _bench_combo(measure, M, N, K, fmt, kernel, dram):
     """One row, or a one-line reason why lowbit's ``kernel`` does not handle this combination."""
     where = f"{M}x{N}x{K} {fmt.name} kernel={kernel}"
-    qw, reference_t = measure.quantized(N, K, fmt)
+    qw, dequantized = measure.quantized(N, K, fmt)
     x = _seeded_activations(M, K)
-    check = _checker(x, qw, reference_t, where)
+    check = _checker(x, qw, dequantized, where)
     try:
         linear = measure.build(qw, kernel)
     except KernelError as err:

@@ -32,3 +32,7 @@ class ArtifactError(LowbitError, ValueError):
 
 class InputError(LowbitError, ValueError):
     """A model was called with inputs of the wrong name, shape or dtype."""
+
+
+class ModelError(LowbitError, ValueError):
+    """A model file cannot be read or compiled: truncated, malformed, or using unsupported operators."""

@@ -29,7 +29,7 @@ def thread_count():
     return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
 
 
-def _rotate(calls):
+def rotate(calls):
     """One callable that runs ``calls`` round-robin, one per call."""
     cycle = itertools.cycle(calls)
     return lambda: next(cycle)()
@@ -47,7 +47,7 @@ def numpy_peer(x, weight, copies, threads=None):
     w = _float_weight(weight)
     y = np.empty((x.shape[0], w.shape[0]), np.float32)
     transposed = [np.ascontiguousarray(w.T) for _ in range(copies)]
-    return _rotate([functools.partial(np.matmul, x, wt, out=y) for wt in transposed])
+    return rotate([functools.partial(np.matmul, x, wt, out=y) for wt in transposed])
 
 
 def torch_peer(x, weight, copies, threads=None):
@@ -66,7 +66,7 @@ def torch_peer(x, weight, copies, threads=None):
         torch.matmul(x_t, wt, out=y)
         return y.numpy()
 
-    return _rotate([functools.partial(call, wt) for wt in transposed])
+    return rotate([functools.partial(call, wt) for wt in transposed])
 
 
 # ---- onnxruntime MatMulNBits ---------------------------------------------------------------------------
@@ -180,17 +180,28 @@ def _matmulnbits_model(K, bits, block_size, packed, scales, zeros, accuracy_leve
 
 
 _ORT_POOL = {}
+# The process-wide pool is a one-way switch for the whole process (every later session must opt in), so only
+# the ``lowbit bench`` command, which owns its process, turns it on; library and test callers get a pool
+# per session with spinning off, which avoids the same interference without touching global state.
+SHARED_POOL = False
 
 
 def _session(model_bytes, threads, quiet=False):
-    """An InferenceSession on onnxruntime's process-wide thread pool.
+    """An InferenceSession for the benchmark.
 
-    The benchmark rotates through many sessions; with a pool per session, the idle workers of the session
-    that just ran keep spinning on the cores the next session needs (measured here: 44 ms instead of 4 ms
-    for a 4096x4096 w4g128 layer at M=16). One shared pool behaves like a single session.
+    The benchmark rotates through many sessions; with a spinning pool per session, the idle workers of the
+    session that just ran keep spinning on the cores the next session needs (measured here: 44 ms instead of
+    4 ms for a 4096x4096 w4g128 layer at M=16). One shared pool behaves like a single session.
     """
     import onnxruntime as ort
 
+    if not SHARED_POOL:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if quiet:
+            options.log_severity_level = 4
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     if not _ORT_POOL:
         ort.set_global_thread_pool_sizes(threads, 1)
         _ORT_POOL["threads"] = threads
@@ -223,7 +234,7 @@ def ort_peer(x, qw, copies, threads=None, accuracy_level=4):
         binding.bind_cpu_input("A", x)
         binding.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
         calls.append(functools.partial(_run_bound, session, binding, y))
-    return _rotate(calls)
+    return rotate(calls)
 
 
 def _run_bound(session, binding, y):

@@ -103,7 +103,7 @@ def test_numpy_peer_of_a_quantized_weight_uses_its_dequantized_value():
 
 def test_rotation_visits_every_copy_in_turn():
     seen = []
-    run = peers._rotate([lambda i=i: seen.append(i) for i in range(3)])
+    run = peers.rotate([lambda i=i: seen.append(i) for i in range(3)])
     for _ in range(7):
         run()
     assert seen == [0, 1, 2, 0, 1, 2, 0]

@@ -54,8 +54,9 @@ def run(args):
     shapes = [parse_shape(text) for text in args.shape] if args.shape else None
     if args.repeat < 1:
         raise InputError(f"--repeat {args.repeat}: the number of timed calls must be at least 1 (e.g. 20)")
-    from lowbit import bench
+    from lowbit import bench, peers
 
+    peers.SHARED_POOL = True  # this process is the benchmark's own: one onnxruntime pool for all sessions
     json_path = args.json
     if json_path is None:
         from lowbit.compiler.target import host_target

@@ -1,0 +1,134 @@
+"""LowerQuantizedMatmul: replace each matmul by a quantized weight placeholder with its lowbit kernel.
+
+Takes: a Relax IRModule from a lowbit frontend, whose ``main`` has one float32 (K, N) parameter per quantized
+layer (``lowbit_w{i}``), used only as the weight of ``R.matmul(x, lowbit_w{i})``; and the layers
+(name -> QuantizedWeight spec) those parameters stand for.
+Produces: the same module where each such matmul is ``reshape(x, (-1, K))`` (when x is not 2-D), a ``call_tir``
+of the layer's M-bucket kernel dispatcher (built by ``compiler.linear.add_linear_functions`` on the weights
+re-laid for the kernel family ``compiler.linear.prepare_layer`` picks), and ``reshape`` back to ``x.shape[:-1] + (N,)``. M, the product of
+x's leading dims, stays symbolic. The ``lowbit_w{i}`` parameters are gone; the kernels' arrays are new
+parameters of ``main`` (``<layer>.W``, ``<layer>.S``, ...), after the model's inputs, in layer order.
+After the pass, ``params`` holds (name, array) in that order and ``layers`` the LayerPlans.
+Leaves alone: every other binding, float matmuls and constants, and every other function.
+"""
+import dataclasses
+
+import numpy as np
+
+from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer
+from lowbit.compiler.tvm_api import relax, tvm
+from lowbit.errors import KernelError
+
+_MATMUL = tvm.ir.Op.get("relax.matmul")
+
+
+@dataclasses.dataclass
+class _Kernel:
+    name: str
+    gvar: object
+    param_vars: list
+    N: int
+    K: int
+
+
+@relax.expr_functor.mutator
+class _MatmulLowerer(relax.expr_functor.PyExprMutator):
+    """Rewrites ``R.matmul(x, w)`` for ``w`` a placeholder parameter into the kernel call."""
+
+    def __init__(self, mod, kernels):
+        super().__init__(mod)
+        self.kernels = kernels  # placeholder name -> _Kernel
+        self.lowered = set()
+
+    def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
+        call = self.visit_expr_post_order(call)
+        weight = call.args[1] if call.op.same_as(_MATMUL) else None
+        if not isinstance(weight, relax.Var) or weight.name not in self.kernels:
+            return call
+        self.lowered.add(weight.name)
+        return self._lower(call.args[0], self.kernels[weight.name])
+
+    def _lower(self, x, kernel):
+        shape = x.ty.shape if isinstance(x.ty, relax.TensorType) else None
+        if shape is None or x.ty.ndim < 1 or str(x.ty.dtype) != "float32":
+            raise KernelError(f"layer {kernel.name!r}: lowbit kernels take a float32 activation of known rank, got "
+                              f"{x.ty}; cast the model to float32")
+        dims = list(shape.values)
+        x2d = x if len(dims) == 2 else self.builder_.emit(relax.op.reshape(x, (-1, kernel.K)))
+        rows = x2d.ty.shape.values[0]
+        y2d = self.builder_.emit(relax.call_tir(kernel.gvar, [x2d] + kernel.param_vars,
+                                                relax.TensorType((rows, kernel.N), "float32")))
+        return y2d if len(dims) == 2 else relax.op.reshape(y2d, relax.ShapeExpr(dims[:-1] + [kernel.N]))
+
+
+@tvm.transform.module_pass(opt_level=0, name="lowbit.LowerQuantizedMatmul")
+class LowerQuantizedMatmul:
+    """Lower the placeholder matmuls of ``main`` to lowbit kernels (see the module docstring).
+
+    Parameters
+    ----------
+    layers : dict of str -> spec
+        Placeholder parameter name -> an object with ``name`` (layer name) and ``weight`` (QuantizedWeight).
+    target : TargetInfo
+    kernel : {"auto", "decode", "a8"}
+    progress : bool
+        Show a progress bar over the layers while their kernels are built.
+    """
+
+    def __init__(self, layers, target, kernel="auto", progress=False):
+        check_kernel(kernel)
+        self.layers, self.target, self.kernel, self.progress = dict(layers), target, kernel, progress
+        self.params, self.plans = [], []
+
+    def transform_module(self, mod, _ctx):  # noqa: D102 (module pass hook)
+        lowerer = _MatmulLowerer(mod, {})
+        for index, (placeholder, layer) in enumerate(self._iter_layers()):
+            lowerer.kernels[placeholder] = self._add_kernel(lowerer.builder_, index, layer)
+        main_gvar = mod.get_global_var("main")
+        main = mod["main"]
+        body_func = lowerer.visit_expr(main)
+        self._check_all_lowered(main, body_func, lowerer)
+        kept = [p for p in body_func.params if p.name not in self.layers]
+        new_params = kept + [v for k in lowerer.kernels.values() for v in k.param_vars]
+        func = relax.Function(new_params, body_func.body, body_func.ret_ty, body_func.is_pure, body_func.attrs)
+        func = func.with_attr("num_input", len(kept))
+        lowerer.builder_.update_func(main_gvar, func)
+        return lowerer.builder_.get()
+
+    def _iter_layers(self):
+        items = list(self.layers.items())
+        if not self.progress:
+            return items
+        from tqdm import tqdm
+
+        return tqdm(items, desc="lowbit kernels", unit="layer")
+
+    def _add_kernel(self, builder, index, layer):
+        from lowbit.compiler.pipeline import LayerPlan
+
+        chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, self.kernel)
+        gvar, plans = add_linear_functions(builder.add_func, layout, arrays, False, self.target,
+                                           name=f"layer{index}_mpgemm")
+        N, K = layer.weight.codes.shape
+        names = [f"{layer.name}.{key}" for key in arrays]
+        param_vars = [relax.Var(f"layer{index}_{key}", relax.TensorType(array.shape, str(array.dtype)))
+                      for key, array in arrays.items()]
+        self.params += [(name, np.ascontiguousarray(array)) for name, array in zip(names, arrays.values())]
+        fmt = layer.weight.format
+        self.plans.append(LayerPlan(layer.name, fmt.name, N, K, chosen,
+                                    {k: {"rule": r, "config": dataclasses.asdict(c)} for k, (r, c) in plans.items()},
+                                    names, float(fmt.bits_per_weight(K))))
+        return _Kernel(layer.name, gvar, param_vars, N, K)
+
+    def _check_all_lowered(self, main, lowered_func, lowerer):
+        params = {p.name for p in main.params}
+        absent = sorted(set(self.layers) - params)
+        if absent:
+            raise KernelError(f"main has no parameters {absent} for the quantized layers: the frontend and the "
+                              "pipeline disagree (a lowbit bug)")
+        unused = sorted(set(self.layers) - lowerer.lowered)
+        still_read = {v.name for v in relax.analysis.free_vars(lowered_func.body)} & set(self.layers)
+        if unused or still_read:
+            names = [self.layers[p].name for p in sorted(set(unused) | still_read)]
+            raise KernelError(f"the quantized weights of layers {names} are used other than as the right-hand "
+                              "side of one matmul: lowbit cannot lower them")

@@ -1,0 +1,46 @@
+"""``lowbit compile``: compile a quantized ONNX model into one artifact file."""
+import os
+
+HELP = "compile a quantized ONNX model into a .lowbit artifact"
+
+
+def add_arguments(parser):
+    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT.lowbit", help="artifact file to write")
+    parser.add_argument("--target", default="cpu", help="where the code runs: 'cpu' (this machine, the default)")
+    parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
+                        help="kernel family for the quantized layers (default: auto)")
+    parser.add_argument("--format", metavar="NAME",
+                        help="also quantize the float MatMul / Gemm weights to this format (w4g128, w8, ...)")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
+
+
+def run(args):
+    import lowbit
+    from lowbit.errors import ModelError
+
+    if not os.path.isfile(args.model):
+        raise ModelError(f"ONNX model {args.model!r} does not exist")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ModelError(f"cannot write {args.output!r}: folder {folder!r} does not exist; create it first")
+    compiled = lowbit.compile(args.model, target=args.target, format=args.format, kernel=args.kernel,
+                              dump_ir=args.dump_ir, progress=True)
+    compiled.save(args.output)
+    _print_summary(compiled.manifest, args.output)
+    return 0
+
+
+def _shape_text(spec):
+    return f"{spec['name']}: {spec['dtype']}({', '.join(str(d) for d in spec['shape'] or ['?'])})"
+
+
+def _print_summary(manifest, path):
+    layers = manifest["layers"]
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB) for {manifest['target_tag']} ({manifest['cpu']})")
+    print("inputs:  " + ", ".join(_shape_text(spec) for spec in manifest["inputs"]))
+    print("outputs: " + ", ".join(_shape_text(spec) for spec in manifest["outputs"]))
+    print(f"{len(layers)} quantized layers:")
+    for layer in layers:
+        print(f"  {layer['name']:<32} {layer['format']:<10} N={layer['N']:<6} K={layer['K']:<6} "
+              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')})")
