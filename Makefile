@@ -22,8 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
 
-bench: $(STAMP)
-	$(VENV)/bin/lowbit bench --json benchmarks/results/latest.json
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/lowbit bench --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info

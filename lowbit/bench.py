@@ -30,7 +30,8 @@ DEFAULT_KERNELS = ("auto",)
 DEFAULT_REPEAT = 20
 WARMUP = 2
 ROW_KEYS = ("M", "N", "K", "format", "kernel", "lowbit_ms", "numpy_ms", "torch_ms", "ort_acc4_ms", "ort_acc0_ms",
-            "weight_bytes", "gbps", "bw_fraction", "speedup_vs_numpy", "speedup_vs_ort")
+            "ggml_ms", "ggml_type", "weight_bytes", "gbps", "bw_fraction", "speedup_vs_numpy", "speedup_vs_ort",
+            "speedup_vs_ggml")
 COPIES_MEMORY_CAP = 6 << 30  # bytes of weight copies one implementation may hold at a time
 FALLBACK_LLC = 512 << 20     # assumed where sysfs does not say (large: errs towards colder caches)
 DRAM_BUFFER = 1 << 30
@@ -124,7 +125,7 @@ class _Measurements:
     def __init__(self, target, llc, repeat, notes):
         self.target, self.llc, self.repeat, self.notes = target, llc, repeat, notes
         self.threads = target.num_cores
-        self._float_peers, self._ort, self._weights = {}, {}, {}
+        self._float_peers, self._ort, self._ggml, self._weights = {}, {}, {}, {}
         self._weights_key, self._dequantized = None, (None, None)
 
     def copies(self, name, weight_bytes):
@@ -187,6 +188,31 @@ class _Measurements:
                                   self.time_peer("ort_acc0", x, qw, size, check))
         return self._ort[key]
 
+    def ggml(self, M, N, K, x, qw, dequantized):
+        """(ggml_ms, ggml_type) of the fastest nearest ggml type for a shape and format, measured once;
+        (None, None) where ggml cannot stand in (the reason goes to the notes)."""
+        from lowbit import peers_ggml
+
+        key = (M, N, K, qw.format.name)
+        if key not in self._ggml:
+            reason = peers_ggml.unsupported_reason(qw.format, K)
+            if reason is not None:
+                note = f"ggml: {reason}"
+                if note not in self.notes:
+                    self.notes.append(note)
+                self._ggml[key] = (None, None)
+            else:
+                times = {}
+                for name in peers_ggml.usable_types(qw.format, K):
+                    size = peers_ggml.weight_bytes(name, N, K)
+                    run = peers_ggml.ggml_peer(x, dequantized, self.copies(f"ggml {name}", size),
+                                               threads=self.threads, type_name=name)
+                    times[name] = median_ms(run, self.repeat)
+                    del run  # its weight copies are freed before the next type makes its own
+                best = min(times, key=times.get)
+                self._ggml[key] = (times[best], best)
+        return self._ggml[key]
+
     def build(self, qw, kernel):
         """lowbit's compiled layer for ``qw`` (KernelError where ``kernel`` declines it)."""
         from lowbit.compiler.linear import build_linear
@@ -237,14 +263,14 @@ def _ratio(numerator, denominator):
     return None if numerator is None or denominator is None else _significant(numerator / denominator)
 
 
-def _row(M, N, K, fmt, kernel, lowbit, float_ms, ort_ms, dram):
+def _row(M, N, K, fmt, kernel, lowbit, float_ms, ort_ms, ggml, dram):
     """One result row with exactly the keys of :data:`ROW_KEYS`."""
     weight_bytes, lowbit_ms = lowbit
     gbps = (weight_bytes + 4 * M * K + 4 * M * N) / (lowbit_ms * 1e-3) / 1e9
     ort_best = min((t for t in ort_ms if t is not None), default=None)
-    times = [_significant(t) for t in (lowbit_ms, *float_ms, *ort_ms)]
-    values = (M, N, K, fmt.name, kernel, *times, weight_bytes, _significant(gbps), _ratio(gbps, dram),
-              _ratio(float_ms[0], lowbit_ms), _ratio(ort_best, lowbit_ms))
+    times = [_significant(t) for t in (lowbit_ms, *float_ms, *ort_ms, ggml[0])]
+    values = (M, N, K, fmt.name, kernel, *times, ggml[1], weight_bytes, _significant(gbps), _ratio(gbps, dram),
+              _ratio(float_ms[0], lowbit_ms), _ratio(ort_best, lowbit_ms), _ratio(ggml[0], lowbit_ms))
     return dict(zip(ROW_KEYS, values))
 
 
@@ -259,8 +285,10 @@ def _versions():
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
+    from lowbit.peers_ggml import ggml_version
+
     return {"lowbit": lowbit.__version__, "tvm": tvm.__version__, "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "torch": torch_version}
+            "onnxruntime": onnxruntime.__version__, "torch": torch_version, "ggml_python": ggml_version()}
 
 
 def make_header(target, repeat, llc, dram):
@@ -371,7 +399,8 @@ def _bench_combo(measure, M, N, K, fmt, kernel, dram):
     del linear  # its weight copies are freed before the peers make theirs
     float_ms = measure.float_peers(M, N, K, x)
     ort_ms = measure.ort(M, N, K, x, qw, check)
-    return _row(M, N, K, fmt, kernel_name, lowbit, float_ms, ort_ms, dram)
+    ggml = measure.ggml(M, N, K, x, qw, dequantized)
+    return _row(M, N, K, fmt, kernel_name, lowbit, float_ms, ort_ms, ggml, dram)
 
 
 # ---- reporting -------------------------------------------------------------------------------------------
@@ -380,7 +409,8 @@ _COLUMNS = (  # (title, row key, format); a None value prints as "-"
     ("M,N,K", None, None), ("format", "format", "{}"), ("kernel", "kernel", "{}"),
     ("lowbit_ms", "lowbit_ms", "{:.3f}"), ("numpy_ms", "numpy_ms", "{:.3f}"), ("torch_ms", "torch_ms", "{:.3f}"),
     ("ort_acc4", "ort_acc4_ms", "{:.3f}"), ("ort_acc0", "ort_acc0_ms", "{:.3f}"),
-    ("x_numpy", "speedup_vs_numpy", "{:.2f}"), ("x_ort", "speedup_vs_ort", "{:.2f}"),
+    ("ggml", "ggml_ms", "{:.3f}"), ("ggml_type", "ggml_type", "{}"),
+    ("x_numpy", "speedup_vs_numpy", "{:.2f}"), ("x_ort", "speedup_vs_ort", "{:.2f}"), ("x_ggml", "speedup_vs_ggml", "{:.2f}"),
     ("GB/s", "gbps", "{:.1f}"), ("%bw", "bw_fraction", "{:.0%}"),
 )
 
@@ -398,9 +428,11 @@ def _cells(row, columns):
 def format_table(result, markdown=False):
     """The rows as an aligned text table, or a Markdown table (``markdown=True``) for the README.
 
-    The torch column appears only when some row has a torch time.
+    The torch and ggml columns appear only when some row has a time for them.
     """
-    columns = [c for c in _COLUMNS if c[1] != "torch_ms" or any(r["torch_ms"] is not None for r in result["rows"])]
+    optional = {"torch_ms": "torch_ms", "ggml_ms": "ggml_ms", "ggml_type": "ggml_ms", "speedup_vs_ggml": "ggml_ms"}
+    columns = [c for c in _COLUMNS
+               if c[1] not in optional or any(r[optional[c[1]]] is not None for r in result["rows"])]
     titles = [c[0] for c in columns]
     body = [_cells(row, columns) for row in result["rows"]]
     if markdown:
@@ -419,10 +451,11 @@ def describe(header):
         f"CPU: {header['cpu']} ({header['target_tag']}), {header['threads']} threads, "
         f"LLC {header['llc_bytes'] / (1 << 20):.0f} MiB, DRAM {header['dram_gbps']:.1f} GB/s (measured)",
         f"lowbit {v['lowbit']}, TVM {v['tvm']}, NumPy {v['numpy']}, onnxruntime {v['onnxruntime']}, "
-        f"torch {v['torch'] or 'not installed'}",
+        f"torch {v['torch'] or 'not installed'}, ggml-python {v.get('ggml_python') or 'not installed'}",
         f"median of {header['repeat']} cold-cache calls after {header['warmup']} warm-up calls; "
         "x_numpy / x_ort: lowbit's speedup (x_ort against the faster of onnxruntime's MatMulNBits "
-        "accuracy levels 4 (int8 activations) and 0 (fp32)); kernel: the one lowbit ran (decode: fp32 "
+        "accuracy levels 4 (int8 activations) and 0 (fp32)); x_ggml: against llama.cpp's ggml mul_mat on the nearest "
+        "ggml type (ggml_type; int8 activations inside); kernel: the one lowbit ran (decode: fp32 "
         "activations; a8: int8 activations per row and K-group, like accuracy level 4)",
     ]
     lines += [f"note: {note}" for note in header["notes"]]

@@ -56,12 +56,15 @@ def test_derived_columns_follow_from_the_times(tiny_run):
         assert row["gbps"] == pytest.approx(gbps, rel=1e-2)
         assert row["bw_fraction"] == pytest.approx(row["gbps"] / dram, rel=1e-2, abs=1e-3)
         assert row["speedup_vs_numpy"] == pytest.approx(row["numpy_ms"] / row["lowbit_ms"], rel=1e-2)
+        if row["ggml_ms"] is not None:
+            assert row["ggml_type"] and row["speedup_vs_ggml"] == pytest.approx(row["ggml_ms"] / row["lowbit_ms"],
+                                                                                  rel=1e-2)
 
 
 def test_header_names_machine_versions_cache_and_bandwidth(tiny_run):
     header = tiny_run[0]["header"]
     assert header["cpu"] and header["threads"] >= 1 and header["features"] == sorted(header["features"])
-    assert set(header["versions"]) == {"lowbit", "tvm", "numpy", "onnxruntime", "torch"}
+    assert set(header["versions"]) == {"lowbit", "tvm", "numpy", "onnxruntime", "torch", "ggml_python"}
     assert header["llc_bytes"] == TINY_LLC and header["dram_gbps"] > 0 and header["repeat"] == 2
 
 
