@@ -12,10 +12,13 @@ dataclass whose ``name`` is canonical and parses back with :func:`parse_format`:
 ``nf4g64``         NF4 codebook (QLoRA levels), groups of 64
 ``fp4g32``         FP4 e2m1 codebook (code = sign<<3 | exponent<<1 | mantissa), groups of 32
 ``cb3g64[l0,..]``  user codebook of ``2**bits`` float levels (e.g. an MSE-optimal grid)
+``higgs4g64``      HIGGS: Hadamard-rotated groups of 64 on the 4-bit MSE-optimal Gaussian grid
+``higgs2g64v2``    HIGGS with a 2-D grid: pairs of rotated weights share one 4-bit code
 =================  ===========================================================================
 
 Dequantization: uniform ``w = s * (q - z)``; ternary ``w = s * (q - 1)`` with ``q`` in {0, 1, 2};
-codebook ``w = s * levels[q]``. Scales are per (row, group).
+codebook ``w = s * levels[q]``; HIGGS ``w = T^-1(s * grid[q])`` per group (see :mod:`.higgs`). Scales are
+per (row, group).
 """
 import dataclasses
 import re
@@ -23,6 +26,7 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
+from lowbit.compiler.higgs import HiggsFormat, dequantize_rotated, hadamard_rotate, quantize_higgs
 from lowbit.errors import FormatError, WeightError
 
 # QLoRA's NF4 levels (normal-float quantiles), in code order.
@@ -161,6 +165,8 @@ _PATTERNS = (
     (re.compile(r"ternary(?:g(\d+))?"), lambda m: TernaryFormat(_int_or_none(m[1]))),
     (re.compile(r"(nf4|fp4)(?:g(\d+))?"),
      lambda m: CodebookFormat(4, _int_or_none(m[2]), NF4_LEVELS if m[1] == "nf4" else FP4_LEVELS, m[1])),
+    (re.compile(r"higgs(\d+)g(\d+)(v2)?"),
+     lambda m: HiggsFormat(int(m[1]), int(m[2]), 2 if m[3] else 1)),
     (re.compile(r"cb(\d+)(?:g(\d+))?\[([^\]]*)\]"),
      lambda m: CodebookFormat(int(m[1]), _int_or_none(m[2]), _parse_levels(m[3]), "cb")),
 )
@@ -179,7 +185,7 @@ def _parse_levels(text):
 
 def parse_format(spec):
     """Return the format object for a name (``w4g128``, ``ternary``, ``nf4g64``, ...) or pass one through."""
-    if isinstance(spec, (UniformFormat, TernaryFormat, CodebookFormat)):
+    if isinstance(spec, (UniformFormat, TernaryFormat, CodebookFormat, HiggsFormat)):
         return spec
     if not isinstance(spec, str):
         raise FormatError(f"a format is a name such as 'w4g128' or a format object, got {type(spec).__name__}")
@@ -189,7 +195,8 @@ def parse_format(spec):
         if match:
             return build(match)
     raise FormatError(f"unknown weight format {spec!r}: use w{{bits}}[g{{group}}][s] (w4g128, w4g128s, w8, "
-                      "w2g64), ternary[g{group}], nf4[g{group}], fp4[g{group}] or cb{bits}[g{group}][l0,l1,...]")
+                      "w2g64), ternary[g{group}], nf4[g{group}], fp4[g{group}], higgs{bits}g{group}[v2] or "
+                      "cb{bits}[g{group}][l0,l1,...]")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -198,9 +205,10 @@ class QuantizedWeight:
 
     Attributes
     ----------
-    format : UniformFormat, TernaryFormat or CodebookFormat
+    format : UniformFormat, TernaryFormat, CodebookFormat or HiggsFormat
     codes : np.ndarray, uint8 (N, K)
-        Values in ``[0, 2**bits)`` (ternary: {0, 1, 2}).
+        Values in ``[0, 2**bits)`` (ternary: {0, 1, 2}). A 2-D-grid HIGGS format has one code per pair of
+        weights: (N, K / 2) codes in ``[0, 2**(2 * bits))``.
     scales : np.ndarray, float32 (N, G)
         ``G = K // group_size`` (1 per channel).
     zeros : np.ndarray, uint8 (N, G) or None
@@ -217,9 +225,9 @@ class QuantizedWeight:
         codes, scales = np.asarray(self.codes), np.asarray(self.scales)
         if codes.ndim != 2 or codes.size == 0:
             raise WeightError(f"codes must be a non-empty (N, K) array, got shape {codes.shape}")
-        N, K = codes.shape
+        N, K = codes.shape[0], codes.shape[1] * _code_dim(fmt)
         groups = _n_groups(fmt, K)
-        limit = 3 if fmt.kind == "ternary" else 2 ** fmt.bits
+        limit = 3 if fmt.kind == "ternary" else 2 ** (fmt.bits * _code_dim(fmt))
         if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= limit:
             raise WeightError(f"{fmt.name}: codes must be integers in [0, {limit}), got {codes.dtype} in "
                               f"[{codes.min()}, {codes.max()}]")
@@ -252,18 +260,19 @@ class QuantizedWeight:
 
     @property
     def shape(self):
-        return self.codes.shape
+        """(N, K) of the weight (a 2-D-grid HIGGS weight has half as many codes as weights)."""
+        return self.codes.shape[0], self.codes.shape[1] * _code_dim(self.format)
 
     @property
     def group_size(self):
         """Codes per group along K (K itself when per-channel)."""
-        return self.format.group_size or self.codes.shape[1]
+        return self.format.group_size or self.shape[1]
 
     def affine_zeros(self):
         """Zero points as float32 (N, G) for uniform and ternary formats: ``w = s * (q - zero)``."""
         fmt = self.format
-        if fmt.kind == "codebook":
-            raise FormatError(f"{fmt.name} is a codebook format: it has levels, not zero points")
+        if fmt.kind in ("codebook", "higgs"):
+            raise FormatError(f"{fmt.name} is a {fmt.kind} format: it has levels, not zero points")
         if self.zeros is not None:
             return self.zeros.astype(np.float32)
         offset = 1.0 if fmt.kind == "ternary" else float(2 ** (fmt.bits - 1))
@@ -272,6 +281,9 @@ class QuantizedWeight:
     def dequantize(self):
         """The float32 weight (N, K) this quantized weight stands for (computed in float64)."""
         group = self.group_size
+        if self.format.kind == "higgs":
+            rotated = dequantize_rotated(self.codes, self.scales, self.format)
+            return hadamard_rotate(rotated, group, inverse=True).astype(np.float32)
         scales = np.repeat(self.scales.astype(np.float64), group, axis=1)
         if self.format.kind == "codebook":
             values = np.asarray(self.format.levels, np.float64)[self.codes]
@@ -281,8 +293,16 @@ class QuantizedWeight:
 
     def pack(self):
         """Return the :class:`PackedWeight` storage form (each row an LSB-first bit stream)."""
-        return PackedWeight(self.format, self.codes.shape, pack_bits(self.codes, self.format.bits),
+        return PackedWeight(self.format, self.shape, pack_bits(self.codes, self.format.bits * _code_dim(self.format)),
                             self.scales, self.zeros)
+
+    def rotated_codebook(self):
+        """A HIGGS 1-D-grid weight as the plain codebook weight of its rotated groups (what the kernels
+        multiply with rotated activations): same codes and scales, the grid as levels."""
+        fmt = self.format
+        if fmt.kind != "higgs" or fmt.dim != 1:
+            raise FormatError(f"{fmt.name}: only 1-D-grid HIGGS weights have a rotated codebook form")
+        return QuantizedWeight(CodebookFormat(fmt.bits, fmt.group_size, fmt.levels, "cb"), self.codes, self.scales)
 
     @property
     def nbytes(self):
@@ -303,7 +323,9 @@ class PackedWeight:
     def unpack(self):
         """Return the QuantizedWeight these bytes hold (exact inverse of ``QuantizedWeight.pack``)."""
         N, K = self.shape
-        return QuantizedWeight(self.format, unpack_bits(self.data, self.format.bits, K), self.scales, self.zeros)
+        dim = _code_dim(self.format)
+        return QuantizedWeight(self.format, unpack_bits(self.data, self.format.bits * dim, K // dim), self.scales,
+                               self.zeros)
 
     @property
     def nbytes(self):
@@ -324,6 +346,11 @@ def unpack_bits(data, bits, K):
     stream = np.unpackbits(np.asarray(data, np.uint8), axis=1, count=K * bits, bitorder="little")
     planes = stream.reshape(N, K, bits).astype(np.uint8)
     return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
+
+
+def _code_dim(fmt):
+    """Weights per code: 2 for 2-D-grid HIGGS formats, else 1."""
+    return getattr(fmt, "dim", 1)
 
 
 def _n_groups(fmt, K):
@@ -365,13 +392,15 @@ def quantize(w, fmt):
     Uniform with zero points: the range ``[min(w, 0), max(w, 0)]`` of each group maps to ``[0, 2**bits-1]``
     (zero exactly representable; the zero point rounded, then clamped). Symmetric: ``s = absmax /
     (2**(bits-1) - 1)``. Ternary: ``s = mean|w|`` (absmean, clips by design). Codebook: ``s = absmax /
-    max|level|``, each weight to its nearest level.
+    max|level|``, each weight to its nearest level. HIGGS: see :func:`lowbit.compiler.higgs.quantize_higgs`.
     """
     fmt = parse_format(fmt)
     w = _checked_weight(w)
     N, K = w.shape
     groups = _n_groups(fmt, K)
     grouped = w.reshape(N, groups, K // groups)
+    if fmt.kind == "higgs":
+        return QuantizedWeight(fmt, *quantize_higgs(w, fmt))
     quantizer = {"uniform": _quantize_uniform, "ternary": _quantize_ternary, "codebook": _quantize_codebook}
     codes, scales, zeros = quantizer[fmt.kind](grouped, fmt)
     return QuantizedWeight(fmt, codes.reshape(N, K), scales, zeros)

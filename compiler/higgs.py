@@ -1,0 +1,274 @@
+"""HIGGS weight formats: random-sign Hadamard rotation of each K-group, then an MSE-optimal Gaussian grid.
+
+HIGGS ("Pushing the Limits of LLM Quantization via the Linearity Theorem", Malinovskii et al. 2024):
+rotating a group of ``g`` weights by an orthogonal random-sign Hadamard transform makes its entries close
+to Gaussian whatever the original distribution, so a grid that is MSE-optimal for N(0, 1) (scaled by the
+group's RMS) is close to optimal for every group, data-free.
+
+The rotation of a group is ``T(v) = H (signs * v) / sqrt(g)`` with ``H`` the g x g Walsh-Hadamard matrix
+(entries +-1, symmetric, ``H H = g I``) and ``signs`` a fixed pseudo-random +-1 vector of length ``g`` (seeded
+by ``g``, so the format alone fixes it). ``T`` is orthogonal, so ``<x, w> = <T(x), T(w)>`` group by group:
+the kernel keeps the *rotated* weight as a codebook weight and rotates the activations at run time with a fast
+Walsh-Hadamard transform (O(K log g) per row), never materialising the float weight.
+
+Formats (names parse back through :func:`lowbit.compiler.formats.parse_format`):
+
+``higgs{bits}g{group}``    1-D grid of ``2**bits`` levels, bits 2..4 (``higgs4g64``: 4.25 bits per weight)
+``higgs{bits}g{group}v2``  2-D grid: each pair of adjacent rotated weights shares one code of ``2*bits``
+                           bits indexing ``2**(2*bits)`` points of the plane (same bits per weight)
+
+Grids: the 1-D grid is the Lloyd-Max quantizer of N(0, 1) (computed exactly from the normal density); the
+2-D grid is k-means of the standard 2-D normal (Lloyd's algorithm on a fixed quasi-random sample),
+shipped precomputed in :mod:`.higgs_grids` (``python -m lowbit.compiler.higgs`` writes that file again).
+"""
+import dataclasses
+import functools
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from lowbit.errors import FormatError
+
+HIGGS_BITS = (2, 3, 4)
+SIGN_SEED = 0x48494747  # "HIGG": the signs depend only on the group size
+SCALE_BITS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class HiggsFormat:
+    """A HIGGS format: rotated groups of ``group_size`` along K, codes into a ``dim``-D Gaussian grid."""
+
+    bits: int
+    group_size: int
+    dim: int = 1
+    kind: ClassVar[str] = "higgs"
+    has_zeros: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.bits not in HIGGS_BITS:
+            raise FormatError(f"higgs format: bits={self.bits!r} is out of range: use one of {HIGGS_BITS}")
+        if self.dim not in (1, 2):
+            raise FormatError(f"higgs format: grid dimension {self.dim!r}: use 1 (higgs{self.bits}g64) or 2 "
+                              f"(higgs{self.bits}g64v2)")
+        group = self.group_size
+        if not isinstance(group, (int, np.integer)) or group < 2 or group & (group - 1) or group > 4096:
+            raise FormatError(f"higgs format: group size {group!r} must be a power of two in 2..4096 (the "
+                              "Hadamard transform's size), e.g. 64 or 128")
+
+    @property
+    def name(self):
+        return f"higgs{self.bits}g{self.group_size}" + ("v2" if self.dim == 2 else "")
+
+    @property
+    def levels(self):
+        """The 1-D grid (``dim == 1``) as float32 values in code order."""
+        if self.dim != 1:
+            raise FormatError(f"{self.name} has a 2-D grid: use .points")
+        return lloyd_max_gaussian(self.bits)
+
+    @property
+    def points(self):
+        """The grid as a float32 array (2**(bits*dim), dim)."""
+        if self.dim == 1:
+            return np.asarray(self.levels, np.float32)[:, None]
+        return gaussian_grid_2d(self.bits)
+
+    def bits_per_weight(self, K):
+        """Storage bits per weight: codes + one fp16 scale per group (the grid is shared and negligible)."""
+        return self.bits + SCALE_BITS / self.group_size
+
+
+# ---- grids -------------------------------------------------------------------------------------------------
+
+def _normal_pdf(x):
+    return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi) if math.isfinite(x) else 0.0
+
+
+def _normal_cdf(x):
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+@functools.lru_cache(maxsize=None)
+def lloyd_max_gaussian(bits, iterations=500):
+    """The MSE-optimal ``2**bits``-level quantizer of N(0, 1) (Lloyd-Max), ascending, as float32 values.
+
+    Each level is the conditional mean of its cell: ``(pdf(a) - pdf(b)) / (cdf(b) - cdf(a))``; cells end at
+    the midpoints between levels. Started from uniform quantiles, it converges to the known optimum (for
+    4 levels: +-0.4528, +-1.5104; MSE 0.1175).
+    """
+    n = 2 ** bits
+    levels = [math.sqrt(2) * _erfinv(2 * (i + 0.5) / n - 1) for i in range(n)]
+    for _ in range(iterations):
+        edges = [-math.inf] + [(a + b) / 2 for a, b in zip(levels, levels[1:])] + [math.inf]
+        levels = [(_normal_pdf(a) - _normal_pdf(b)) / (_normal_cdf(b) - _normal_cdf(a))
+                  for a, b in zip(edges, edges[1:])]
+    return tuple(float(np.float32(v)) for v in levels)
+
+
+def _erfinv(y):
+    """Inverse error function by Newton's method (only the starting grid needs it)."""
+    x = 0.0
+    for _ in range(100):
+        x -= (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
+    return x
+
+
+def gaussian_grid_2d(bits):
+    """The shipped ``2**(2*bits)``-point 2-D grid (float32 (points, 2)): :func:`compute_gaussian_grid_2d`'s
+    result, stored in :mod:`.higgs_grids` because computing the 256-point grid takes seconds."""
+    from lowbit.compiler.higgs_grids import GRIDS_2D
+
+    return np.asarray(GRIDS_2D[bits], np.float32)
+
+
+def compute_gaussian_grid_2d(bits, samples=1 << 16, iterations=60):
+    """A ``2**(2*bits)``-point grid of the plane, MSE-optimal for the standard 2-D normal (k-means).
+
+    Deterministic: Lloyd's algorithm on a fixed sample (a Halton sequence mapped through the normal's
+    inverse CDF by Box-Muller), started from the product of the 1-D Lloyd-Max grid with itself.
+    Returns float32 (2**(2*bits), 2), sorted by (x, y).
+    """
+    sample = _normal_sample_2d(samples)
+    one_d = np.asarray(lloyd_max_gaussian(bits), np.float64)
+    points = np.stack(np.meshgrid(one_d, one_d, indexing="ij"), axis=-1).reshape(-1, 2)
+    for _ in range(iterations):
+        nearest = _nearest_points(sample, points)
+        sums = np.zeros_like(points)
+        np.add.at(sums, nearest, sample)
+        counts = np.bincount(nearest, minlength=len(points))[:, None]
+        points = np.where(counts > 0, sums / np.maximum(counts, 1), points)
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    return points[order].astype(np.float32)
+
+
+def _normal_sample_2d(count):
+    """Quasi-random standard 2-D normal points: Halton (bases 2, 3) through Box-Muller."""
+    index = np.arange(1, count + 1)
+    u1, u2 = _halton(index, 2), _halton(index, 3)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    return np.stack([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1)
+
+
+def _halton(index, base):
+    result, fraction, index = np.zeros(len(index)), 1.0, index.copy()
+    while index.any():
+        fraction /= base
+        result += fraction * (index % base)
+        index //= base
+    return result
+
+
+def _nearest_points(values, points, chunk=1 << 14):
+    """Index of the nearest grid point for each row of ``values`` (squared distance, chunked)."""
+    out = np.empty(len(values), np.int64)
+    norms = (points.astype(np.float64) ** 2).sum(axis=1)
+    for start in range(0, len(values), chunk):
+        block = values[start:start + chunk].astype(np.float64)
+        out[start:start + chunk] = np.argmin(norms[None, :] - 2.0 * block @ points.T.astype(np.float64), axis=1)
+    return out
+
+
+# ---- rotation ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def rotation_signs(group_size):
+    """The fixed +-1 float32 vector (length ``group_size``) of the rotation, seeded by the group size."""
+    rng = np.random.default_rng([SIGN_SEED, group_size])
+    return np.where(rng.integers(0, 2, group_size) == 1, 1.0, -1.0).astype(np.float32)
+
+
+def hadamard_rotate(values, group_size, inverse=False):
+    """Apply ``T`` (or ``T^-1``) to each group of ``group_size`` along the last axis, in float64.
+
+    ``T(v) = H (signs * v) / sqrt(g)``; ``T^-1(u) = signs * (H u) / sqrt(g)``. Uses the fast
+    Walsh-Hadamard transform (log2(g) butterfly stages), as the kernel's activation rotation does.
+    """
+    values = np.asarray(values, np.float64)
+    K = values.shape[-1]
+    if K % group_size:
+        raise FormatError(f"the rotation needs K ({K}) to be a multiple of the group size {group_size}")
+    signs = np.tile(rotation_signs(group_size).astype(np.float64), K // group_size)
+    out = values if inverse else values * signs
+    out = fwht(out.reshape(*values.shape[:-1], K // group_size, group_size)).reshape(values.shape)
+    out = out / math.sqrt(group_size)
+    return out * signs if inverse else out
+
+
+def fwht(values):
+    """Unnormalised Walsh-Hadamard transform along the last axis (length a power of two): ``v @ H``."""
+    out = np.array(values, np.float64, copy=True)
+    size = out.shape[-1]
+    half = 1
+    while half < size:
+        shaped = out.reshape(*out.shape[:-1], size // (2 * half), 2, half)
+        a, b = shaped[..., 0, :].copy(), shaped[..., 1, :].copy()
+        shaped[..., 0, :], shaped[..., 1, :] = a + b, a - b
+        half *= 2
+    return out
+
+
+# ---- quantization ------------------------------------------------------------------------------------------
+
+def quantize_higgs(w, fmt):
+    """(codes, scales) of an (N, K) float64 weight in a HIGGS format (K a multiple of the group size).
+
+    Each group is rotated, scaled by its RMS, and rounded to the nearest grid point; the scale is then
+    refit by least squares (``s = <v, q> / <q, q>``) and the codes re-rounded once, which lowers the error
+    of groups whose rotated entries are not exactly unit-variance. ``codes`` are uint8 (N, K / dim): one per
+    weight (1-D) or per pair of adjacent weights (2-D).
+    """
+    N, K = w.shape
+    groups = K // fmt.group_size
+    rotated = hadamard_rotate(w, fmt.group_size).reshape(N, groups, fmt.group_size)
+    scales = np.sqrt((rotated ** 2).mean(axis=2))
+    scales = np.where(scales > 0, scales, 1.0)
+    points = fmt.points.astype(np.float64)
+    for _ in range(2):
+        codes = _round_to_grid(rotated / scales[..., None], points, fmt.dim)
+        decoded = points[codes].reshape(rotated.shape)
+        fit = (rotated * decoded).sum(axis=2) / np.maximum((decoded ** 2).sum(axis=2), 1e-300)
+        scales = np.where(fit > 0, fit, scales)
+    scales = scales.astype(np.float32)
+    codes = _round_to_grid(rotated / scales[..., None].astype(np.float64), points, fmt.dim)
+    return codes.reshape(N, K // fmt.dim).astype(np.uint8), scales
+
+
+def _round_to_grid(normalized, points, dim):
+    """Nearest grid point per ``dim`` consecutive values: int codes with shape (..., G / dim)."""
+    shape = normalized.shape
+    vectors = normalized.reshape(-1, dim)
+    if dim == 1:
+        levels = points[:, 0]
+        right = np.clip(np.searchsorted(levels, vectors[:, 0]), 1, len(levels) - 1)  # levels ascend
+        pick_left = (vectors[:, 0] - levels[right - 1]) <= (levels[right] - vectors[:, 0])
+        codes = np.where(pick_left, right - 1, right)
+    else:
+        codes = _nearest_points(vectors, points)
+    return codes.reshape(*shape[:-1], shape[-1] // dim)
+
+
+def dequantize_rotated(codes, scales, fmt):
+    """The rotated-space float64 weight (N, K): ``scale * grid[code]`` per group."""
+    N = codes.shape[0]
+    values = fmt.points.astype(np.float64)[codes].reshape(N, -1)
+    return values * np.repeat(scales.astype(np.float64), fmt.group_size, axis=1)
+
+
+def write_grids_module(path):
+    """Write :mod:`.higgs_grids` (the 2-D grids for every HIGGS bit width) to ``path``."""
+    lines = ['"""The 2-D HIGGS grids, written by ``python -m lowbit.compiler.higgs`` (compute_gaussian_grid_2d)."""',
+             "GRIDS_2D = {"]
+    for bits in HIGGS_BITS:
+        points = compute_gaussian_grid_2d(bits)
+        body = ", ".join(f"({float(x)!r}, {float(y)!r})" for x, y in points)
+        lines.append(f"    {bits}: ({body}),")
+    lines.append("}")
+    with open(path, "w", encoding="ascii") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    import os
+
+    write_grids_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "higgs_grids.py"))
