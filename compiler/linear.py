@@ -60,6 +60,10 @@ def choose_kernel(qw, target, kernel):
 
 def prepare_layer(qw, bias, target, kernel="auto"):
     """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
+    if qw.format.kind == "higgs":
+        raise KernelError(f"{qw.format.name}: HIGGS layers need the run-time activation rotation, which no "
+                          "kernel family has yet; quantize_model and the quality report use the format, "
+                          "compile it as nf4g64 or w4g64 meanwhile")
     chosen = choose_kernel(qw, target, kernel)
     relay = relayout_a8 if chosen == "a8" else relayout
     layout, arrays = relay(qw, target.vector_lanes)
