@@ -51,7 +51,7 @@ def as_subroutine(func, m_var):
     return tirx.PrimFunc(params, body, ret_type=tvm.ir.PrimType("int32"), attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
 
 
-def dispatcher(name, buffers, m_var, calls):
+def dispatcher(name, buffers, m_var, calls, prologue=None):
     """The public PrimFunc: ``if M in bucket_0: call f_0 elif ...``.
 
     Parameters
@@ -62,15 +62,49 @@ def dispatcher(name, buffers, m_var, calls):
         Params of the kernel (their shapes use ``m_var`` for M).
     calls : list of (Bucket, GlobalVar, bool)
         Each bucket's subroutine and whether it takes M as its last argument.
+    prologue : Prologue, optional
+        A subroutine run first into a workspace that the bucket calls then read instead of some params.
     """
+    call_buffers = buffers if prologue is None else prologue.call_buffers(buffers)
     body = None
     for bucket, gvar, takes_m in reversed(calls):
-        args = [tirx.buffer_data(buf) for buf in buffers] + ([m_var] if takes_m else [])
+        args = [tirx.buffer_data(buf) for buf in call_buffers] + ([m_var] if takes_m else [])
         call = tirx.Evaluate(tvm.ir.expr.Call(gvar, args, ret_ty="int32"))
         if body is None:
             body = call  # the last bucket catches everything (its lower bound is checked by the one before)
             continue
         cond = m_var <= bucket.hi if bucket.hi is not None else tirx.const(True, "bool")
         body = tirx.IfThenElse(cond, call, body)
+    if prologue is not None:
+        body = prologue.wrap(body, m_var, buffers)
     func = tirx.PrimFunc(list(buffers), body)
     return func.with_attr("global_symbol", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prologue:
+    """A subroutine the dispatcher runs before the bucket call (e.g. the HIGGS activation rotation).
+
+    ``gvar(*inputs, workspace, M)`` writes ``workspace``, a buffer the dispatcher allocates (its shape uses
+    the dispatcher's M var); the bucket calls then get ``workspace`` in place of the param named
+    ``replaces``, and the params only the prologue reads (``consumed``) are not passed to them.
+    """
+
+    gvar: object
+    inputs: tuple  # param names the prologue reads, in its argument order
+    workspace: object  # tirx.Buffer
+    replaces: str
+    consumed: tuple
+
+    def call_buffers(self, buffers):
+        """The bucket calls' buffers: ``buffers`` with the workspace swapped in and consumed ones dropped."""
+        return [self.workspace if buf.name == self.replaces else buf for buf in buffers
+                if buf.name not in self.consumed]
+
+    def wrap(self, body, m_var, buffers):
+        """``allocate workspace; gvar(inputs, workspace, M); body``."""
+        by_name = {buf.name: buf for buf in buffers}
+        args = [tirx.buffer_data(by_name[name]) for name in self.inputs]
+        args += [tirx.buffer_data(self.workspace), m_var]
+        call = tirx.Evaluate(tvm.ir.expr.Call(self.gvar, args, ret_ty="int32"))
+        return tirx.SeqStmt([tirx.AllocBuffer(self.workspace), call, body])

@@ -31,7 +31,7 @@ class QuantizedLinear:
 
     @property
     def shape(self):
-        return self.weight.codes.shape
+        return self.weight.shape
 
 
 @dataclasses.dataclass(frozen=True)

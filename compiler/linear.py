@@ -9,13 +9,15 @@ import numpy as np
 
 from lowbit.compiler import dispatch
 from lowbit.compiler.intrinsics import x86_dot
+from lowbit.compiler.higgs import rotation_signs
 from lowbit.compiler.layout import relayout, relayout_a8
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
 from lowbit.errors import KernelError
-from lowbit.schedules.cpu import a8, decode
+from lowbit.schedules.cpu import a8, decode, rotate
 
 KERNELS = ("auto", "decode", "a8", "lut")
+ROTATION_SIGNS = "R"  # the arrays entry of a HIGGS layer: its rotation's signs (length = group size)
 IMPLEMENTED = ("auto", "decode", "a8")
 
 
@@ -60,13 +62,18 @@ def choose_kernel(qw, target, kernel):
 
 def prepare_layer(qw, bias, target, kernel="auto"):
     """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
+    rotation = None
     if qw.format.kind == "higgs":
-        raise KernelError(f"{qw.format.name}: HIGGS layers need the run-time activation rotation, which no "
-                          "kernel family has yet; quantize_model and the quality report use the format, "
-                          "compile it as nf4g64 or w4g64 meanwhile")
+        if qw.format.dim != 1:
+            raise KernelError(f"{qw.format.name}: no kernel decodes 2-D-grid (v2) HIGGS codes yet; use "
+                              f"higgs{qw.format.bits}g{qw.format.group_size} (1-D grid) to compile")
+        # the kernel multiplies rotated activations with the rotated weight, a plain codebook weight
+        rotation, qw = qw.format.group_size, qw.rotated_codebook()
     chosen = choose_kernel(qw, target, kernel)
     relay = relayout_a8 if chosen == "a8" else relayout
     layout, arrays = relay(qw, target.vector_lanes)
+    if rotation is not None:
+        arrays[ROTATION_SIGNS] = rotation_signs(rotation)
     if bias is not None:
         arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
     return chosen, layout, arrays
@@ -103,6 +110,8 @@ def _bucket_func(layout, bucket, has_bias, target):
 def _dispatcher_buffers(layout, arrays, has_bias, m_var):
     shapes = [("X", (m_var, layout.K), "float32")]
     shapes += [(name, arrays[name].shape, str(arrays[name].dtype)) for name in layout.arg_names()]
+    if ROTATION_SIGNS in arrays:
+        shapes.append((ROTATION_SIGNS, arrays[ROTATION_SIGNS].shape, "float32"))
     if has_bias:
         shapes.append(("B", (layout.N,), "float32"))
     shapes.append(("Y", (m_var, layout.N), "float32"))
@@ -123,8 +132,21 @@ def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgem
         calls.append((bucket, gvar, takes_m))
         plans[bucket.key] = plan
     m_var = tirx.Var("M", "int64")
-    main = dispatch.dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls)
+    prologue = None
+    if ROTATION_SIGNS in arrays:
+        prologue = _rotation_prologue(add_func, layout, len(arrays[ROTATION_SIGNS]), target, name, m_var)
+    main = dispatch.dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls, prologue)
     return add_func(main, name), plans
+
+
+def _rotation_prologue(add_func, layout, group_size, target, name, m_var):
+    """The HIGGS activation rotation as the dispatcher's prologue: X -> XR, which the buckets read as X."""
+    rule = rotate.HadamardRotate()
+    rot_m = tirx.Var("M", "int64")
+    sch = rule.apply(rule.template(layout.K, group_size, rot_m), target)
+    gvar = add_func(dispatch.as_subroutine(sch.mod["main"], rot_m), f"{name}_rotate")
+    workspace = tirx.decl_buffer((m_var, layout.K), "float32", "X")  # named X: it stands in for X
+    return dispatch.Prologue(gvar, ("X", ROTATION_SIGNS), workspace, "X", (ROTATION_SIGNS,))
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ same way, defaulting to ``2**(bits-1)`` (lowbit's symmetric zero point) when abs
 """
 import functools
 import itertools
+import math
 import os
 
 import numpy as np
@@ -259,6 +260,8 @@ def error_bound(x, qw):
     weight as ``s*q - s*z`` (or ``s * level``) in fp32 adds a few ``u`` times ``|s| * (q + z)`` per term.
     A wrong kernel (a misread group, a wrong zero point) errs by whole terms, far above this bound.
     """
+    if qw.format.kind == "higgs":
+        return _rotated_error_bound(x, qw)
     K = qw.codes.shape[1]
     group = qw.group_size
     scale = np.repeat(np.abs(qw.scales), group, axis=1)
@@ -270,6 +273,27 @@ def error_bound(x, qw):
     # The bound's own fp32 rounding (relative 1e-6 of itself) does not matter: it has no cancellation.
     total = np.abs(np.asarray(x, np.float32)) @ magnitude.astype(np.float32).T
     return (K + 4) * u * total.astype(np.float64)
+
+
+def _rotated_error_bound(x, qw):
+    """:func:`error_bound` for HIGGS weights, which the kernel multiplies as ``T(x) . w_rot`` (T per group).
+
+    Three parts: the rotated dot product itself (Higham, as above); the fp32 rotation, whose ``log2(G)``
+    butterfly stages each err by at most ``u`` times the group's ``||x_g||_1 / sqrt(G)``; and the float32
+    rounding of the reference's dequantized weight (``u`` per term).
+    """
+    from lowbit.compiler.higgs import dequantize_rotated, hadamard_rotate
+
+    fmt, (N, K) = qw.format, qw.shape
+    G, u = fmt.group_size, 2.0 ** -24
+    levels = math.log2(G)
+    x = np.asarray(x, np.float64)
+    w_rot = np.abs(dequantize_rotated(qw.codes, qw.scales, fmt))
+    dot = np.abs(hadamard_rotate(x, G)) @ w_rot.T
+    x_groups = np.abs(x).reshape(len(x), K // G, G).sum(axis=2) / math.sqrt(G)
+    rotation = x_groups @ w_rot.reshape(N, K // G, G).sum(axis=2).T
+    reference = np.abs(x) @ np.abs(qw.dequantize().astype(np.float64)).T
+    return (K + 4) * u * dot + (levels + 1) * u * rotation + u * reference
 
 
 def check_result(name, y, x, qw, reference=None):

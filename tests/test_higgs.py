@@ -129,3 +129,63 @@ def test_bad_higgs_formats_say_what_is_wrong(spec, message):
 def test_k_not_a_multiple_of_the_group_is_an_error():
     with pytest.raises(WeightError, match="does not divide K=96"):
         quantize(np.ones((2, 96)), "higgs4g64")
+
+
+@pytest.mark.parametrize("name, M", [("higgs4g64", 1), ("higgs3g64", 3), ("higgs2g128", 17), ("higgs4g64", 64)])
+def test_kernel_rotates_activations_and_matches_the_reference(name, M):
+    """The compiled layer (rotation prologue + codebook decode kernel) against x @ dequant(W)^T + b."""
+    from lowbit import peers
+    from lowbit.compiler.linear import build_linear
+
+    w = _heavy_tailed(37, 384, seed=M)  # odd N; K = 3 groups of 128 or 6 of 64
+    qw = quantize(w, name)
+    bias = np.linspace(-1, 1, 37).astype(np.float32)
+    layer = build_linear(qw, bias=bias, kernel="auto")
+    assert layer.kernel == "decode" and "R" in layer.arrays
+    x = np.random.default_rng(M).standard_normal((M, 384)).astype(np.float32)
+    peers.check_result(name, layer.run(x) - bias, x, qw)
+
+
+def test_kernel_without_the_rotation_is_caught_by_the_check():
+    """The bound is tight enough that skipping the rotation (multiplying x by the rotated weight) fails."""
+    from lowbit import peers
+
+    qw = quantize(_heavy_tailed(8, 128), "higgs4g64")
+    x = np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32)
+    unrotated = x @ qw.rotated_codebook().dequantize().T
+    with pytest.raises(AssertionError, match="differs"):
+        peers.check_result("unrotated", unrotated, x, qw)
+
+
+def test_2d_grid_higgs_has_no_kernel_yet_and_says_so():
+    from lowbit.compiler.linear import build_linear
+    from lowbit.errors import KernelError
+
+    with pytest.raises(KernelError, match="2-D-grid"):
+        build_linear(quantize(_heavy_tailed(8, 128), "higgs2g64v2"))
+
+
+def test_mixed_precision_model_compiles_saves_loads_and_matches_its_reference(tmp_path):
+    """One artifact, one format per layer (HIGGS, uniform 2-bit, ternary), against float64 NumPy."""
+    import lowbit
+    from lowbit.compiler.graph import Activation, QuantizedLinear, Sequential
+
+    rng = np.random.default_rng(11)
+    widths, formats = [128, 192, 128, 64], ["higgs3g64", "w2g64", "ternaryg64"]
+    layers = []
+    for index, (K, N, fmt) in enumerate(zip(widths, widths[1:], formats)):
+        qw = quantize(rng.standard_t(4, (N, K)) / np.sqrt(K), fmt)
+        layers += [QuantizedLinear(qw, rng.standard_normal(N).astype(np.float32), f"fc{index}"), Activation("relu")]
+    model = Sequential(layers[:-1])
+    compiled = lowbit.compile(model, target="cpu", kernel="decode")  # fp32 activations: a float64 reference
+    path = str(tmp_path / "mixed.lowbit")
+    compiled.save(path)
+    x = rng.standard_normal((5, 128)).astype(np.float32)
+    h = x.astype(np.float64)
+    for layer in model.linear_layers():
+        h = h @ layer.weight.dequantize().T.astype(np.float64) + layer.bias
+        h = np.maximum(h, 0) if layer is not model.linear_layers()[-1] else h
+    loaded = lowbit.runtime.load(path)
+    # fp32 dot products of at most 192 terms of O(1) values: relative error a few 1e-6 per layer
+    np.testing.assert_allclose(loaded(x), h, rtol=1e-4, atol=1e-4 * np.abs(h).max())
+    np.testing.assert_array_equal(loaded(x), compiled(x))
