@@ -72,16 +72,22 @@ def test_names_parse_back_and_storage_round_trips(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_codes_are_the_nearest_grid_points_of_the_rotated_scaled_group(name):
+def test_codes_are_nearest_grid_points_and_the_scale_is_unbiased(name):
     fmt = parse_format(name)
     w = _heavy_tailed(6, 256, seed=4)
     qw = quantize(w, fmt)
     rotated = higgs.hadamard_rotate(w, fmt.group_size).reshape(6, -1, fmt.group_size)
-    normalized = (rotated / qw.scales[..., None].astype(np.float64)).reshape(-1, fmt.dim)
+    codes, rounding, scales = higgs.fit_rotated_groups(rotated, fmt)
+    np.testing.assert_array_equal(qw.codes, codes.reshape(6, -1))
+    np.testing.assert_array_equal(qw.scales, scales)
+    normalized = (rotated / rounding[..., None]).reshape(-1, fmt.dim)
     points = fmt.points.astype(np.float64)
     distances = ((normalized[:, None, :] - points[None]) ** 2).sum(axis=2)
-    chosen = distances[np.arange(len(normalized)), qw.codes.reshape(-1)]
+    chosen = distances[np.arange(len(normalized)), codes.reshape(-1)]
     np.testing.assert_allclose(chosen, distances.min(axis=1), rtol=1e-9, atol=1e-12)
+    # unbiased: the reconstruction's projection on each rotated group is the group's squared norm
+    decoded = higgs.dequantize_rotated(qw.codes, qw.scales, fmt).reshape(rotated.shape)
+    np.testing.assert_allclose((decoded * rotated).sum(axis=2), (rotated ** 2).sum(axis=2), rtol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

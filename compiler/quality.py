@@ -1,0 +1,191 @@
+"""Quantization quality: per-layer and end-to-end SQNR, per-layer format choice under a size budget, the plot.
+
+Model-agnostic at its core: a model is its list of float (N, K) weights, optionally the inputs each layer sees
+on calibration data, and optionally ``run(weights) -> output`` that evaluates the model with substituted
+weights (for measured sensitivities and end-to-end SQNR). :func:`sequential_view` gives those three for a
+:class:`lowbit.compiler.graph.Sequential`; the torch / ONNX frontends give their own.
+
+SQNR (dB) = ``20 log10(|y| / |y - y_hat|)``; weight SQNR compares the weights, output SQNR the layer's outputs
+on its calibration inputs, end-to-end SQNR the model's outputs. Bits per weight always count scales, zero
+points and codebooks (``lowbit.compiler.formats``' ``bits_per_weight``).
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from lowbit.compiler import allocation
+from lowbit.compiler.formats import parse_format, quantize
+from lowbit.errors import InputError
+
+DEFAULT_CANDIDATES = ("w2g64", "w3g64", "w4g64", "higgs2g64", "higgs3g64", "higgs4g64", "nf4g64")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerQuality:
+    """One layer in one format."""
+
+    layer: str
+    format: str
+    bits_per_weight: float
+    weight_sqnr_db: float
+    output_sqnr_db: object  # None without calibration inputs
+    relative_error: float   # t**2 the allocation uses: output error with inputs, else weight error
+
+
+def measure_layers(weights, candidates, inputs=None, names=None, quantizer=None):
+    """Every layer in every candidate format: a list (per layer) of lists (per candidate) of LayerQuality.
+
+    ``quantizer(index, weight, format) -> QuantizedWeight`` (default RTN :func:`quantize`) lets a caller use
+    GPTQ; ``inputs[l]`` are layer ``l``'s calibration inputs (M, K).
+    """
+    names = names or [f"layer{i}" for i in range(len(weights))]
+    formats = [parse_format(c) for c in _checked_candidates(candidates)]
+    quantizer = quantizer or (lambda index, w, fmt: quantize(w, fmt))
+    table = []
+    for index, w in enumerate(weights):
+        w = np.asarray(w, np.float64)
+        x = None if inputs is None else _checked_inputs(inputs[index], w, names[index])
+        row = []
+        for fmt in formats:
+            approx = quantizer(index, w, fmt).dequantize().astype(np.float64)
+            output = None if x is None else allocation.sqnr_db(x @ w.T, x @ approx.T)
+            row.append(LayerQuality(names[index], fmt.name, fmt.bits_per_weight(w.shape[1]),
+                                    allocation.sqnr_db(w, approx), output, allocation.relative_error(w, approx, x)))
+        table.append(row)
+    return table
+
+
+def _checked_candidates(candidates):
+    candidates = [candidates] if isinstance(candidates, str) else list(candidates or ())
+    if not candidates:
+        raise InputError("no candidate formats: give at least one, e.g. ['w2g64', 'higgs3g64', 'w4g64']")
+    return candidates
+
+
+def _checked_inputs(x, w, name):
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError(f"calibration inputs of {name} must be a non-empty (M, K) array, got shape {x.shape}: "
+                         "give at least one calibration row")
+    if x.shape[1] != w.shape[1]:
+        raise InputError(f"calibration inputs of {name} have {x.shape[1]} features, the layer takes K="
+                         f"{w.shape[1]}: pass inputs of the model's input width")
+    return x
+
+
+def choose_formats(weights, candidates, budget_bits, inputs=None, run=None, names=None, quantizer=None):
+    """Per-layer formats minimising the predicted error within ``budget_bits`` average bits per weight.
+
+    Errors: each layer's ``t**2`` (output error on ``inputs`` when given, else weight error). Sensitivities:
+    measured through ``run`` when given (:func:`allocation.measure_sensitivities`), else all 1 (data-free).
+
+    Returns
+    -------
+    (formats, allocation, table) : (list of str, allocation.Allocation, measure_layers' table)
+    """
+    table = measure_layers(weights, candidates, inputs, names, quantizer)
+    sizes = [int(np.asarray(w).size) for w in weights]
+    bits = [[cell.bits_per_weight for cell in row] for row in table]
+    errors = [[cell.relative_error for cell in row] for row in table]
+    alphas = None if run is None else allocation.measure_sensitivities(run, [np.asarray(w) for w in weights])
+    choice, average, predicted = allocation.allocate(sizes, bits, errors, budget_bits, alphas)
+    formats = [table[layer][cand].format for layer, cand in enumerate(choice)]
+    return formats, allocation.Allocation(tuple(formats), average, predicted), table
+
+
+def sequential_view(model, x=None):
+    """(weights, per-layer inputs or None, run or None) of a float :class:`~lowbit.compiler.graph.Sequential`."""
+    from lowbit.compiler.graph import Activation, Linear
+
+    linears = model.linear_layers()
+    if not all(isinstance(layer, Linear) for layer in linears):
+        raise InputError("the quality report takes the float model (Linear layers), not a quantized one")
+    weights = [np.asarray(layer.weight, np.float64) for layer in linears]
+    if x is None:
+        return weights, None, None
+
+    def run(substitute, record=None):
+        h = np.asarray(x, np.float64)
+        index = 0
+        for layer in model.layers:
+            if isinstance(layer, Activation):
+                h = _activation(layer.kind, h)
+                continue
+            if record is not None:
+                record.append(h)
+            h = h @ np.asarray(substitute[index], np.float64).T + (0 if layer.bias is None else layer.bias)
+            index += 1
+        return h
+
+    inputs = []
+    run(weights, inputs)
+    return weights, inputs, run
+
+
+def _activation(kind, h):
+    if kind == "relu":
+        return np.maximum(h, 0)
+    if kind == "silu":
+        return h / (1 + np.exp(-h))
+    return 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # gelu (tanh form)
+
+
+def end_to_end_sqnr(run, weights, quantized_weights):
+    """SQNR (dB) of the model's output with ``quantized_weights`` (dequantized arrays) against ``weights``."""
+    return allocation.sqnr_db(run(weights), run(quantized_weights))
+
+
+def format_table(table, end_to_end=None):
+    """A text table: one line per (layer, format) with bits per weight and SQNRs; then end-to-end lines."""
+    lines = [f"{'layer':<16} {'format':<12} {'bits/w':>7} {'weight dB':>10} {'output dB':>10}"]
+    for row in table:
+        for cell in row:
+            output = "-" if cell.output_sqnr_db is None else f"{cell.output_sqnr_db:.2f}"
+            lines.append(f"{cell.layer:<16} {cell.format:<12} {cell.bits_per_weight:>7.3f} "
+                         f"{cell.weight_sqnr_db:>10.2f} {output:>10}")
+    for label, (bits, sqnr) in (end_to_end or {}).items():
+        lines.append(f"end-to-end {label:<17} {bits:>7.3f} {sqnr:>10.2f}")
+    return "\n".join(lines)
+
+
+def plot_error_vs_bits(table, path, end_to_end=None, title="quantization error vs bits per weight"):
+    """Write a PNG: mean weight SQNR per candidate format against its bits per weight (and end-to-end points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for family, marker in (("w", "o"), ("higgs", "s"), ("nf", "^"), ("fp", "v"), ("ternary", "x")):
+        points = _family_points(table, family)
+        if points:
+            xs, ys, labels = zip(*points)
+            axes.plot(xs, ys, marker=marker, linestyle="-", label=f"{family} (mean layer weight SQNR)")
+            for x, y, label in points:
+                axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for label, (bits, sqnr) in (end_to_end or {}).items():
+        axes.plot([bits], [sqnr], marker="*", markersize=12, linestyle="none", label=f"end-to-end: {label}")
+    axes.set_xlabel("bits per weight (scales, zero points included)")
+    axes.set_ylabel("SQNR (dB)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _family_points(table, family):
+    by_format = {}
+    for row in table:
+        for cell in row:
+            by_format.setdefault(cell.format, []).append(cell)
+    points = []
+    for name, cells in by_format.items():
+        kind = "higgs" if name.startswith("higgs") else "ternary" if name.startswith("ternary") else \
+            "nf" if name.startswith("nf") else "fp" if name.startswith("fp") else "w"
+        if kind == family:
+            points.append((float(np.mean([c.bits_per_weight for c in cells])),
+                           float(np.mean([c.weight_sqnr_db for c in cells])), name))
+    return sorted(points)

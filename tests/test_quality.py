@@ -1,0 +1,75 @@
+"""The quality report's pieces: per-layer table, format choice under a budget, end-to-end SQNR, the plot."""
+import numpy as np
+import pytest
+
+from lowbit.compiler import quality
+from lowbit.compiler.graph import Activation, Linear, Sequential
+from lowbit.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    rng = np.random.default_rng(3)
+    model = Sequential([Linear(rng.standard_t(4, (128, 64)) / 8, rng.standard_normal(128), "fc0"), Activation("gelu"),
+                        Linear(rng.standard_t(4, (64, 128)) / 11, None, "fc1")])
+    return model, rng.standard_normal((32, 64))
+
+
+def test_sequential_view_records_each_layers_inputs_and_runs_the_model(mlp):
+    model, x = mlp
+    weights, inputs, run = quality.sequential_view(model, x)
+    assert [w.shape for w in weights] == [(128, 64), (64, 128)]
+    np.testing.assert_allclose(inputs[0], x)
+    h = quality._activation("gelu", x @ weights[0].T + model.layers[0].bias)
+    np.testing.assert_allclose(inputs[1], h)
+    np.testing.assert_allclose(run(weights), h @ weights[1].T)
+
+
+def test_layer_table_has_every_layer_and_format_with_output_sqnr_only_given_inputs(mlp):
+    model, x = mlp
+    weights, inputs, _ = quality.sequential_view(model, x)
+    table = quality.measure_layers(weights, ["w2g64", "higgs2g64", "w4g64"], inputs, ["fc0", "fc1"])
+    assert [[c.format for c in row] for row in table] == [["w2g64", "higgs2g64", "w4g64"]] * 2
+    for row in table:
+        assert row[2].weight_sqnr_db > row[0].weight_sqnr_db + 10  # 2 more bits: about 12 dB
+        assert all(c.output_sqnr_db is not None for c in row)
+    assert table[0][0].bits_per_weight == pytest.approx(2 + 16 / 64 + 2 / 64)
+    assert all(c.output_sqnr_db is None for row in quality.measure_layers(weights, "w3g64") for c in row)
+    text = quality.format_table(table, {"w4g64": (4.3125, 30.0)})
+    assert "higgs2g64" in text and "end-to-end w4g64" in text and len(text.splitlines()) == 1 + 6 + 1
+
+
+def test_choose_formats_keeps_the_budget_and_beats_uniform_formats_of_that_size(mlp):
+    model, x = mlp
+    weights, inputs, run = quality.sequential_view(model, x)
+    candidates = ["w2g64", "w3g64", "w4g64", "higgs2g64", "higgs3g64", "higgs4g64"]
+    formats, alloc, table = quality.choose_formats(weights, candidates, 3.3, inputs, run, ["fc0", "fc1"])
+    assert alloc.bits_per_weight <= 3.3 and len(formats) == 2
+    from lowbit.compiler.formats import quantize
+
+    chosen = quality.end_to_end_sqnr(run, weights, [quantize(w, f).dequantize() for w, f in zip(weights, formats)])
+    uniform = quality.end_to_end_sqnr(run, weights, [quantize(w, "w3g64").dequantize() for w in weights])
+    assert chosen >= uniform  # w3g64 (3.30 bits) is one of the choices the DP had
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x: x[:0], "non-empty"), (lambda x: x[:, :10], "10 features")])
+def test_bad_calibration_inputs_are_errors(mlp, make, message):
+    model, x = mlp
+    weights, inputs, _ = quality.sequential_view(model, x)
+    with pytest.raises(InputError, match=message):
+        quality.measure_layers(weights, ["w4g64"], [make(inputs[0]), inputs[1]])
+    with pytest.raises(InputError, match="no candidate formats"):
+        quality.measure_layers(weights, [])
+    with pytest.raises(InputError, match="below the smallest"):
+        quality.choose_formats(weights, ["w2g64", "w4g64"], 1.0)
+
+
+def test_plot_is_a_png(mlp, tmp_path):
+    model, x = mlp
+    weights, inputs, _ = quality.sequential_view(model, x)
+    table = quality.measure_layers(weights, ["w2g64", "w4g64", "higgs2g64", "higgs4g64", "nf4g64"], inputs)
+    path = tmp_path / "plot.png"
+    quality.plot_error_vs_bits(table, str(path), {"w4g64": (4.31, 25.0)})
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
