@@ -195,10 +195,11 @@ def _calibration_run(model, calib_ctx):
 def _gptq_quantizer(calib_inputs):
     """GPTQ through lowbit's implementation when it exists (None otherwise: RTN only)."""
     try:
-        from lowbit.compiler.gptq import gptq_quantize
+        from lowbit.compiler.gptq import gptq_quantize, hessian
     except ImportError:
         return None
-    return lambda index, w, fmt: gptq_quantize(w, fmt, calib_inputs[index])
+    hessians = [hessian([x], x.shape[1])[0] for x in calib_inputs]
+    return lambda index, w, fmt: gptq_quantize(w, hessians[index], fmt)
 
 
 def _write(args, table, end_to_end, loss):
