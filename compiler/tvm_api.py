@@ -73,3 +73,11 @@ def onnx_supported_ops():
     from tvm.relax.frontend.onnx import onnx_frontend
 
     return set(onnx_frontend._get_convert_map()) | {"If", "Constant"}  # noqa: SLF001 (no public accessor)
+
+
+def meta_schedule():
+    """TVM's MetaSchedule package (``tvm.s_tir.meta_schedule``: its cost models, feature extractors and
+    measure-candidate types), imported on first use: it pulls in xgboost and friends."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms

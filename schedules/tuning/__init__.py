@@ -1,0 +1,8 @@
+"""Autotuning of lowbit's own design space: each schedule rule's tunables, the search, its records.
+
+- :mod:`.records`: the tuning log (JSON lines, one per measured candidate), readable without TVM's compiler.
+- :mod:`.space`: each rule's tunable configs for a workload, and how a record is matched to a layer.
+- :mod:`.cost_model`: MetaSchedule's XGBoost cost model fed lowbit's candidate schedules.
+- :mod:`.tuner`: the search (measure the default, then the cost model's top picks, cold cache) and
+  :func:`~.tuner.tune`, which ``lowbit tune`` runs.
+"""

@@ -1,0 +1,303 @@
+"""The search: for each workload, measure the default schedule, then the cost model's best-ranked candidates.
+
+One workload is (N, K, format, kernel family, M bucket), tuned at one M of the bucket. Per workload:
+
+1. the space of its rules (:func:`~lowbit.schedules.tuning.space.space`), the default plan first;
+2. configs already in the log (this version, this target, this M) are skipped: a re-run resumes;
+3. the default is measured first (a record only wins over it, so tuning never makes a layer slower);
+4. then, until ``trials`` configs of the workload are in the log or the space is exhausted: rank the
+   unmeasured candidates with the cost model, measure the top ``batch``, write each record as soon as it is
+   measured, update the model.
+
+Measurement is in-process and cold-cache, as ``lowbit bench``: each timed call reads the next of enough
+independent weight copies to span twice the last-level cache; the result is checked against the NumPy
+reference before it is timed (a wrong result is a failed candidate); the median of ``repeat`` calls after
+warm-up calls is recorded. A candidate that fails to build, run or compute the right result is recorded with
+its reason and the search goes on; a workload left with no valid record is an error.
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from lowbit.errors import InputError, KernelError
+from lowbit.schedules.tuning import records as tuning_records
+from lowbit.schedules.tuning import space as tuning_space
+
+DEFAULT_TRIALS = 16
+DEFAULT_REPEAT = 10
+BATCH = 2  # candidates measured between two updates of the cost model
+MAX_REASON = 400  # characters of a failure's message kept in the record (TVM errors carry long traces)
+
+
+@dataclasses.dataclass
+class WorkloadResult:
+    """What the log holds for one workload after tuning: default and best times (ms) and counts."""
+
+    workload: dict
+    M: int
+    default_ms: object  # None when the default failed
+    best_rule: str
+    best_config: dict
+    best_ms: float
+    measured: int  # records of this workload and M in the log
+    failed: int
+
+    @property
+    def speedup(self):
+        """Default time over best time (1.0 when the default is the best)."""
+        return None if self.default_ms is None else self.default_ms / self.best_ms
+
+
+def bucket_for(M, buckets=None):
+    """The M bucket (``compiler.dispatch.Bucket``) that serves ``M`` rows."""
+    from lowbit.compiler import dispatch
+
+    for bucket in buckets or dispatch.DEFAULT_BUCKETS:
+        if bucket.contains(M):
+            return bucket
+    raise InputError(f"M={M} falls in no M bucket: M must be at least 1")
+
+
+def seeded_weight(N, K):
+    """The float32 (N, K) weight tuned on (seeded by the shape, as the benchmark's)."""
+    rng = np.random.default_rng([N, K])
+    return (rng.standard_normal((N, K)) / math.sqrt(K)).astype(np.float32)
+
+
+class ColdMeasurer:
+    """Builds and times candidates of one workload, cold cache, reusing one set of weight copies.
+
+    Parameters
+    ----------
+    qw : QuantizedWeight
+    M : int
+        Rows of X timed.
+    kernel : str
+        Kernel family asked for (``auto``, ``decode``, ``a8``).
+    target : TargetInfo
+    repeat : int
+    llc : int, optional
+        Last-level cache bytes the weight copies must exceed (default: sysfs).
+    """
+
+    def __init__(self, qw, M, kernel, target, repeat=DEFAULT_REPEAT, llc=None):
+        from lowbit import bench
+        from lowbit.compiler.linear import prepare_layer
+        from lowbit.compiler.tvm_api import tensor
+
+        self.qw, self.M, self.target, self.repeat = qw, M, target, repeat
+        self.kernel, self.layout, self.arrays = prepare_layer(qw, None, target, kernel)
+        self.bucket = bucket_for(M)
+        x = np.random.default_rng([M, qw.codes.shape[1], 1]).standard_normal((M, qw.codes.shape[1]))
+        self.x = x.astype(np.float32)
+        self.x_used = bench.kernel_activations(self.kernel, self.x, qw)
+        self.reference = self.x_used.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
+        llc = llc or bench.llc_bytes() or bench.FALLBACK_LLC
+        copies = bench.copies_for(int(self.layout.packed_bytes), llc)
+        self._x_t = tensor(self.x)
+        self._y_t = tensor(np.empty((M, self.layout.N), np.float32))
+        self._weights = [[tensor(a) for a in self.arrays.values()] for _ in range(copies)]
+
+    def build(self, rule, config):
+        """The candidate compiled as the bucket's only function (a CompiledLinear)."""
+        from lowbit.compiler.linear import build_prepared
+
+        return build_prepared(self.kernel, self.layout, self.arrays, self.target, buckets=(self.bucket,),
+                              tuning_log=False, overrides={self.bucket.key: (rule, config)})
+
+    def measure(self, rule, config):
+        """``(ms, None)`` for a candidate that builds, runs and is right, else ``(None, reason)``."""
+        from lowbit import bench, peers
+
+        try:
+            linear = self.build(rule, config)
+            calls = [lambda ws=ws: linear.func(self._x_t, *ws, self._y_t) for ws in self._weights]
+            run = peers.rotate(calls)
+            run()
+            peers.check_result(f"{rule.name} {config}", self._y_t.numpy(), self.x_used, self.qw, self.reference)
+            return bench.median_ms(run, self.repeat), None
+        except Exception as err:  # noqa: BLE001 - a failed candidate is scored as failed, its reason recorded
+            return None, _reason(err)
+
+
+def _reason(err):
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
+
+def tune(shapes, format_name, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None,
+         repeat=DEFAULT_REPEAT, llc=None, progress=True, batch=BATCH):
+    """Tune the mpGEMM kernel of each (M, N, K) for one format; returns one :class:`WorkloadResult` each.
+
+    Parameters
+    ----------
+    shapes : iterable of (M, N, K)
+    format_name : str
+        Weight format (``w4g128``, ...); the weight is a seeded random one (tuning depends on shapes only).
+    kernel : {"auto", "decode", "a8"}
+    trials : int
+        Configs per workload in the log when done (those already there count: a re-run resumes).
+    log : str, optional
+        Log folder (default: ``tuning_logs/<target tag>`` in the current folder).
+    target : TargetInfo, optional
+        Default: this CPU.
+    repeat : int
+        Timed calls per candidate (median recorded).
+    """
+    from lowbit.compiler.formats import parse_format, quantize
+    from lowbit.compiler.linear import check_kernel
+    from lowbit.compiler.target import resolve_target
+
+    target = resolve_target(target)
+    check_kernel(kernel)
+    fmt = parse_format(format_name)
+    _check_counts(trials, repeat, batch)
+    database = tuning_records.TuningDatabase(log or default_log(target), target.tag)
+    jobs = [_Job(shape, fmt, kernel, target, database) for shape in _checked_shapes(shapes)]
+    from lowbit.schedules.tuning.cost_model import CostModel
+
+    model, results = CostModel(target), []
+    with _progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
+        for job in jobs:
+            weight = quantize(seeded_weight(job.N, job.K), fmt)
+            results.append(job.run(weight, trials, repeat, llc, model, bar, batch))
+    return results
+
+
+def default_log(target):
+    """``tuning_logs/<target tag>`` relative to the current folder (the repository's shipped logs there)."""
+    import os
+
+    return os.path.join("tuning_logs", target.tag)
+
+
+def _check_counts(trials, repeat, batch):
+    for name, value in (("trials", trials), ("repeat", repeat), ("batch", batch)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name}={value!r}: must be a positive integer (e.g. trials=16, repeat=10)")
+
+
+def _checked_shapes(shapes):
+    from lowbit.bench import check_shapes
+
+    shapes = check_shapes(shapes)
+    if not shapes:
+        raise InputError("no shape to tune: give at least one M,N,K (e.g. --shape 16,4096,4096)")
+    return shapes
+
+
+def _progress_bar(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="trial", dynamic_ncols=True)
+
+
+class _Job:
+    """One workload of a tuning run: its candidates, what the log has, the search loop."""
+
+    def __init__(self, shape, fmt, kernel, target, database):
+        from lowbit.compiler.layout import KernelLayout
+        from lowbit.compiler.linear import choose_kernel
+
+        self.M, self.N, self.K = shape
+        self.target, self.database, self.fmt = target, database, fmt
+        probe = _ShapeOnly(fmt, self.N, self.K)
+        self.kernel = choose_kernel(probe, target, kernel)
+        self.bucket = bucket_for(self.M)
+        group = fmt.group_size or self.K
+        if self.K % group:
+            raise InputError(f"K={self.K} is not a multiple of {fmt.name}'s group size {group}: pick K or the format")
+        bits, _, decode = tuning_space.layout_key(fmt.name, self.kernel, self.K)
+        self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
+                                   decode=decode)
+        self.workload = tuning_records.make_workload(self.N, self.K, fmt.name, self.kernel, self.bucket.key)
+        self.candidates = self._ordered_space()
+
+    def _ordered_space(self):
+        from lowbit.compiler.linear import default_plan
+
+        default = default_plan(self.layout, self.bucket)
+        rest = [pair for pair in tuning_space.space(self.layout, self.bucket) if _key(*pair) != _key(*default)]
+        return [default] + rest
+
+    def logged(self):
+        """Records of this workload at this M in the log, by config key."""
+        mine = self.database.find(lambda r: r["workload"] == self.workload and r["M"] == self.M)
+        return {tuning_records.config_key(r["rule"], r["config"]): r for r in mine}
+
+    def todo(self, trials):
+        """Candidates still to measure for ``trials`` configs in the log."""
+        return max(0, min(trials, len(self.candidates)) - len(self.logged()))
+
+    def run(self, weight, trials, repeat, llc, model, bar, batch):
+        todo = self.todo(trials)
+        bar.set_description(f"{self.M},{self.N},{self.K} {self.fmt.name} {self.kernel} {self.bucket.key}")
+        if todo:
+            measurer = ColdMeasurer(weight, self.M, self.kernel, self.target, repeat, llc)
+            assert measurer.layout == self.layout, (measurer.layout, self.layout)
+            self._learn_logged(model)
+            self._search(measurer, model, todo, bar, batch)
+        return self._result()
+
+    def _learn_logged(self, model):
+        logged = self.logged().values()
+        known = [(*tuning_space.config_from_record(r), r["ms"]) for r in logged]
+        model.update(self.layout, self.M, known)
+
+    def _search(self, measurer, model, todo, bar, batch):
+        logged = self.logged()
+        pending = [pair for pair in self.candidates if _key(*pair) not in logged]
+        if _key(*self.candidates[0]) not in logged:  # the default first, always
+            self._measure(measurer, model, [pending.pop(0)], bar)
+            todo -= 1
+        while todo > 0 and pending:
+            picked = model.rank(self.layout, self.M, pending)[:min(batch, todo)]
+            pending = [pair for pair in pending if pair not in picked]
+            self._measure(measurer, model, picked, bar)
+            todo -= len(picked)
+
+    def _measure(self, measurer, model, pairs, bar):
+        results = []
+        for rule, config in pairs:
+            ms, error = measurer.measure(rule, config)
+            self.database.append(tuning_records.make_record(
+                self.workload, self.M, self.target.tag, rule.name, dataclasses.asdict(config), ms, error))
+            results.append((rule, config, ms))
+            if error is not None:
+                bar.write(f"failed: {rule.name} {config}: {error}")
+            best = self._best_ms()
+            bar.set_postfix_str(f"best {best:.3f} ms" if best is not None else "no valid candidate yet")
+            bar.update(1)
+        model.update(self.layout, self.M, results)
+
+    def _best_ms(self):
+        valid = [r["ms"] for r in self.logged().values() if r["error"] is None]
+        return min(valid, default=None)
+
+    def _result(self):
+        logged = self.logged()
+        valid = [r for r in logged.values() if r["error"] is None]
+        if not valid:
+            reasons = "; ".join(f"{r['rule']} {r['config']}: {r['error']}" for r in logged.values()) or "none measured"
+            raise KernelError(f"no candidate of {self.workload} at M={self.M} built, ran and computed the right "
+                              f"result: {reasons}")
+        best = min(valid, key=lambda r: r["ms"])
+        default = logged.get(_key(*self.candidates[0]))
+        default_ms = default["ms"] if default is not None else None
+        return WorkloadResult(self.workload, self.M, default_ms, best["rule"], best["config"], best["ms"],
+                              len(logged), len(logged) - len(valid))
+
+
+def _key(rule, config):
+    return tuning_records.config_key(rule.name, dataclasses.asdict(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShapeOnly:
+    """What the kernel choice reads of a QuantizedWeight (its format), before any weight exists."""
+
+    format: object
+    N: int
+    K: int
