@@ -90,29 +90,21 @@ def default_plan(layout, bucket):
     return decode.DecodeDequantTile(), decode.DequantTileConfig(m_tile=6, n_vectors=2)
 
 
-class Plan(tuple):
-    """One bucket's schedule. Unpacks as ``(rule name, config)``, as plans always have; ``source`` says where
-    it came from: ``"record"`` (a tuning record that beat the default), ``"default"`` (:func:`default_plan`)
-    or ``"override"`` (given explicitly, as the tuner does for the candidate it measures)."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One M bucket's schedule: the rule's name, its config, and where it came from.
 
-    def __new__(cls, rule, config, source):
-        plan = super().__new__(cls, (rule, config))
-        plan.source = source
-        return plan
+    ``source``: ``"record"`` (a tuning record that beat the default), ``"default"`` (:func:`default_plan`) or
+    ``"override"`` (given explicitly, as the tuner does for the candidate it measures).
+    """
 
-    def __getnewargs__(self):
-        return self[0], self[1], self.source
+    rule: str
+    config: object
+    source: str
 
-    @property
-    def rule(self):
-        return self[0]
-
-    @property
-    def config(self):
-        return self[1]
-
-    def __repr__(self):
-        return f"Plan(rule={self[0]!r}, config={self[1]!r}, source={self.source!r})"
+    def as_manifest(self):
+        """The plan as the artifact manifest records it: ``{"rule", "config", "source"}``."""
+        return {"rule": self.rule, "config": dataclasses.asdict(self.config), "source": self.source}
 
 
 def tuning_database(target, tuning_log=None):
@@ -170,7 +162,7 @@ def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgem
     ``tuning_log`` chooses the records consulted (see :func:`tuning_database`; default: the shipped ones);
     ``overrides`` maps bucket keys to an explicit ``(rule, config)`` (the tuner's candidates).
 
-    Returns (dispatcher GlobalVar, {bucket key: :class:`Plan`}); a Plan unpacks as (rule name, config).
+    Returns (dispatcher GlobalVar, {bucket key: :class:`Plan`}).
     """
     database = tuning_database(target, tuning_log)
     calls, plans = [], {}
@@ -202,7 +194,7 @@ class CompiledLinear:
     func : tvm PackedFunc
         ``func(x, *weights, y)`` on ``tvm.runtime.tensor`` arguments.
     plans : dict
-        Bucket key -> :class:`Plan` (unpacks as (rule name, config); ``.source``: "record" or "default").
+        Bucket key -> :class:`Plan` (``.source``: "record" or "default").
     """
 
     kernel: str

@@ -81,3 +81,26 @@ def meta_schedule():
     from tvm.s_tir import meta_schedule as ms
 
     return ms
+
+
+def tune_context(mod, target):
+    """A MetaSchedule ``TuneContext`` for ``mod`` on ``target``, the handle its cost models and feature
+    extractors take (lowbit uses no MetaSchedule space generator or search strategy).
+
+    ``TuneContext.__init__`` imports ``tvm.s_tir.tensor_intrin`` for the space generators that tensorize;
+    that import parses some 250 TVMScript functions, each walking ``inspect.stack()``: 17 s here. Nothing
+    lowbit asks of the context reads those intrinsics (lowbit registers its own), so the import is skipped
+    while the context is made (an empty module stands in, then is removed: a later real import still works).
+    """
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    stand_in = name not in sys.modules
+    if stand_in:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        return meta_schedule().TuneContext(mod=mod, target=target, num_threads=1)
+    finally:
+        if stand_in:
+            del sys.modules[name]

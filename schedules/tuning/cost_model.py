@@ -10,7 +10,7 @@ Features are taken from the candidate scheduled for the measured M as a constant
 static loop extents); the measured kernel is the bucket's function with a symbolic M. One model serves
 every workload of a tuning run, so what it learns on one shape ranks the next.
 """
-from lowbit.compiler.tvm_api import meta_schedule, tvm
+from lowbit.compiler.tvm_api import meta_schedule, tune_context, tvm
 
 WARMUP_SAMPLES = 2  # XGBModel answers random scores until it has this many results (exploration)
 
@@ -42,8 +42,7 @@ class CostModel:
             # the module only names the workload (MetaSchedule hashes it to group results): any compute of
             # this layout and M does
             func = dequant_tile_compute(layout, M, False) if layout.decode != "a8" else _a8_compute(layout, M)
-            self._contexts[key] = self._ms.TuneContext(mod=tvm.IRModule({"main": func}),
-                                                       target=self.target.tvm_target(), num_threads=1)
+            self._contexts[key] = tune_context(tvm.IRModule({"main": func}), self.target.tvm_target())
         return self._contexts[key]
 
     def _candidate(self, layout, M, rule, config):

@@ -3,8 +3,9 @@
 A candidate is ``(rule, config)``: a rule object and one of its frozen config dataclasses. Spaces are
 small and listed exhaustively (the cost model ranks them, the tuner measures the best-ranked):
 
-- ``decode_a8`` (:class:`~lowbit.schedules.cpu.a8.DecodeA8`): ``m_tile`` in {1, 2, 4, 6, 8, 12}, at most the
-  bucket's largest M; the intrinsic is always used (without it the kernel is the slow reference).
+- ``decode_a8`` (:class:`~lowbit.schedules.cpu.a8.DecodeA8`): ``m_tile`` in {1, 2, 4, 6, 8, 12, 16}, at most
+  the bucket's largest M, times ``n_tile`` in {1, 2, 4} dividing the layer's column tiles (at most 21
+  candidates per bucket); the intrinsic is always used (without it the kernel is the slow reference).
 - ``decode_accumulate``: ``partials`` in {1, 2, 4, 8} dividing the codes per word (0 stands for one per code
   slot, the rule's default), ``m_tile`` in {1, 2, 4}, at most the bucket's largest M.
 - ``decode_dequant_tile``: ``m_tile`` in {2, 4, 6, 8} (at most the bucket's largest M), ``n_vectors`` in
@@ -27,7 +28,8 @@ RULES = {
     "decode_accumulate": (decode.DecodeAccumulate, decode.AccumulateConfig),
     "decode_dequant_tile": (decode.DecodeDequantTile, decode.DequantTileConfig),
 }
-A8_M_TILES = (1, 2, 4, 6, 8, 12)
+A8_M_TILES = (1, 2, 4, 6, 8, 12, 16)
+A8_N_TILES = (1, 2, 4)
 ACCUMULATE_PARTIALS = (1, 2, 4, 8)
 ACCUMULATE_M_TILES = (1, 2, 4)
 DEQUANT_M_TILES = (2, 4, 6, 8)
@@ -47,7 +49,8 @@ def space(layout, bucket):
     """Every candidate ``(rule, config)`` for one layer layout and M bucket, in a fixed order."""
     if layout.decode == "a8":
         rule = a8.DecodeA8()
-        return [(rule, a8.A8Config(m_tile=m)) for m in A8_M_TILES if _fits(bucket, m)]
+        return [(rule, a8.A8Config(m_tile=m, n_tile=n)) for m in A8_M_TILES if _fits(bucket, m)
+                for n in A8_N_TILES if layout.n_tiles % n == 0]
     accumulate, dequant = decode.DecodeAccumulate(), decode.DequantTileConfig
     per_word = layout.codes_per_word
     partials = [0] + [p for p in ACCUMULATE_PARTIALS if per_word % p == 0 and p != per_word]

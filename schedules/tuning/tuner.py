@@ -127,15 +127,29 @@ def _reason(err):
     return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 
-def tune(shapes, format_name, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None,
-         repeat=DEFAULT_REPEAT, llc=None, progress=True, batch=BATCH):
-    """Tune the mpGEMM kernel of each (M, N, K) for one format; returns one :class:`WorkloadResult` each.
+@dataclasses.dataclass(frozen=True)
+class TuneTask:
+    """One workload to tune: a GEMM shape (activation M x K, weight N x K) and a weight format name."""
+
+    M: int
+    N: int
+    K: int
+    format: str
+
+
+def tasks_for(shapes, format_name):
+    """A :class:`TuneTask` per (M, N, K) of ``shapes``, all in one format."""
+    return [TuneTask(M, N, K, format_name) for M, N, K in _checked_shapes(shapes)]
+
+
+def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, repeat=DEFAULT_REPEAT, llc=None,
+         progress=True, batch=BATCH, runner=None):
+    """Tune the mpGEMM kernel of each task; returns one :class:`WorkloadResult` each.
 
     Parameters
     ----------
-    shapes : iterable of (M, N, K)
-    format_name : str
-        Weight format (``w4g128``, ...); the weight is a seeded random one (tuning depends on shapes only).
+    tasks : iterable of TuneTask
+        Shapes and formats (:func:`tasks_for`); the weight is a seeded random one (tuning depends on shapes).
     kernel : {"auto", "decode", "a8"}
     trials : int
         Configs per workload in the log when done (those already there count: a re-run resumes).
@@ -145,25 +159,63 @@ def tune(shapes, format_name, kernel="auto", trials=DEFAULT_TRIALS, log=None, ta
         Default: this CPU.
     repeat : int
         Timed calls per candidate (median recorded).
+    runner : optional
+        Where candidates are timed: an object with ``measure(job, pairs) -> [(ms, error)]``
+        (default: :class:`LocalRunner`, in this process; ``measure.RPCRunner``: on RPC devices).
     """
-    from lowbit.compiler.formats import parse_format, quantize
+    target, jobs = _jobs(tasks, kernel, trials, log, target, repeat, batch)
+    from lowbit.schedules.tuning.cost_model import CostModel
+
+    runner = runner or LocalRunner(repeat, llc)
+    model, results = CostModel(target), []
+    with _progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
+        for job in jobs:
+            results.append(job.run(runner, trials, model, bar, batch))
+    return results
+
+
+def _jobs(tasks, kernel, trials, log, target, repeat, batch):
+    from lowbit.compiler.formats import parse_format
     from lowbit.compiler.linear import check_kernel
     from lowbit.compiler.target import resolve_target
 
     target = resolve_target(target)
     check_kernel(kernel)
-    fmt = parse_format(format_name)
     _check_counts(trials, repeat, batch)
+    tasks = list(tasks)
+    if not tasks:
+        raise InputError("no workload to tune: give at least one M,N,K and format (e.g. --shape 16,4096,4096)")
     database = tuning_records.TuningDatabase(log or default_log(target), target.tag)
-    jobs = [_Job(shape, fmt, kernel, target, database) for shape in _checked_shapes(shapes)]
-    from lowbit.schedules.tuning.cost_model import CostModel
+    jobs = {}
+    for task in tasks:
+        job = _Job((task.M, task.N, task.K), parse_format(task.format), kernel, target, database)
+        jobs.setdefault((job.M, json_key(job.workload)), job)  # two layers of one shape: one workload
+    return target, list(jobs.values())
 
-    model, results = CostModel(target), []
-    with _progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
-        for job in jobs:
-            weight = quantize(seeded_weight(job.N, job.K), fmt)
-            results.append(job.run(weight, trials, repeat, llc, model, bar, batch))
-    return results
+
+def json_key(value):
+    """A hashable key of a JSON-like value (dicts by sorted items)."""
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+class LocalRunner:
+    """Times candidates in this process, cold cache (:class:`ColdMeasurer`, one per workload)."""
+
+    def __init__(self, repeat=DEFAULT_REPEAT, llc=None):
+        self.repeat, self.llc, self._measurers = repeat, llc, {}
+
+    def measure(self, job, pairs):
+        """``[(ms, error)]`` for the ``(rule, config)`` pairs of ``job``, in order."""
+        key = id(job)
+        if key not in self._measurers:
+            self._measurers.clear()  # one workload's weight copies at a time
+            self._measurers[key] = ColdMeasurer(job.weight(), job.M, job.kernel, job.target, self.repeat,
+                                                self.llc)
+        measurer = self._measurers[key]
+        assert measurer.layout == job.layout, (measurer.layout, job.layout)
+        return [measurer.measure(rule, config) for rule, config in pairs]
 
 
 def default_log(target):
@@ -231,14 +283,23 @@ class _Job:
         """Candidates still to measure for ``trials`` configs in the log."""
         return max(0, min(trials, len(self.candidates)) - len(self.logged()))
 
-    def run(self, weight, trials, repeat, llc, model, bar, batch):
+    def weight(self):
+        """The seeded QuantizedWeight this workload is timed with."""
+        from lowbit.compiler.formats import quantize
+
+        return quantize(seeded_weight(self.N, self.K), self.fmt)
+
+    def describe(self):
+        """``M,N,K format kernel bucket``: the workload as the progress bar names it."""
+        return f"{self.M},{self.N},{self.K} {self.fmt.name} {self.kernel} {self.bucket.key}"
+
+    def run(self, runner, trials, model, bar, batch):
+        """Measure until ``trials`` configs are in the log (or the space is done); the log's result."""
         todo = self.todo(trials)
-        bar.set_description(f"{self.M},{self.N},{self.K} {self.fmt.name} {self.kernel} {self.bucket.key}")
+        bar.set_description(self.describe())
         if todo:
-            measurer = ColdMeasurer(weight, self.M, self.kernel, self.target, repeat, llc)
-            assert measurer.layout == self.layout, (measurer.layout, self.layout)
             self._learn_logged(model)
-            self._search(measurer, model, todo, bar, batch)
+            self._search(runner, model, todo, bar, batch)
         return self._result()
 
     def _learn_logged(self, model):
@@ -246,24 +307,32 @@ class _Job:
         known = [(*tuning_space.config_from_record(r), r["ms"]) for r in logged]
         model.update(self.layout, self.M, known)
 
-    def _search(self, measurer, model, todo, bar, batch):
+    def pending(self):
+        """Candidates not in the log yet, the default first when it is among them."""
         logged = self.logged()
-        pending = [pair for pair in self.candidates if _key(*pair) not in logged]
-        if _key(*self.candidates[0]) not in logged:  # the default first, always
-            self._measure(measurer, model, [pending.pop(0)], bar)
-            todo -= 1
+        return [pair for pair in self.candidates if _key(*pair) not in logged]
+
+    def pick(self, model, pending, count):
+        """The next ``count`` candidates to measure: the default while it is unmeasured (a record only wins
+        over a measured default, so tuning never makes a layer slower), then the cost model's best-ranked."""
+        picked = []
+        if pending and pending[0] is self.candidates[0]:
+            picked, pending = [pending[0]], pending[1:]
+        return picked + model.rank(self.layout, self.M, pending)[:count - len(picked)]
+
+    def _search(self, runner, model, todo, bar, batch):
+        pending = self.pending()
         while todo > 0 and pending:
-            picked = model.rank(self.layout, self.M, pending)[:min(batch, todo)]
+            # the default alone first: the model has nothing to rank by yet
+            picked = self.pick(model, pending, 1 if pending[0] is self.candidates[0] else min(batch, todo))
             pending = [pair for pair in pending if pair not in picked]
-            self._measure(measurer, model, picked, bar)
+            self._measure(runner, model, picked, bar)
             todo -= len(picked)
 
-    def _measure(self, measurer, model, pairs, bar):
+    def _measure(self, runner, model, pairs, bar):
         results = []
-        for rule, config in pairs:
-            ms, error = measurer.measure(rule, config)
-            self.database.append(tuning_records.make_record(
-                self.workload, self.M, self.target.tag, rule.name, dataclasses.asdict(config), ms, error))
+        for (rule, config), (ms, error) in zip(pairs, runner.measure(self, pairs)):
+            self.record(rule.name, dataclasses.asdict(config), ms, error)
             results.append((rule, config, ms))
             if error is not None:
                 bar.write(f"failed: {rule.name} {config}: {error}")
@@ -271,6 +340,11 @@ class _Job:
             bar.set_postfix_str(f"best {best:.3f} ms" if best is not None else "no valid candidate yet")
             bar.update(1)
         model.update(self.layout, self.M, results)
+
+    def record(self, rule_name, config, ms, error):
+        """Append one measured candidate to the log (atomically)."""
+        self.database.append(tuning_records.make_record(self.workload, self.M, self.target.tag, rule_name, config,
+                                                        ms, error))
 
     def _best_ms(self):
         valid = [r["ms"] for r in self.logged().values() if r["error"] is None]
