@@ -36,6 +36,12 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=10, metavar="R",
                         help="timed calls per candidate, cold cache; the median is recorded (default: 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    offline = parser.add_mutually_exclusive_group()
+    offline.add_argument("--export-candidates", metavar="DIR",
+                         help="build the next candidates of each workload into DIR instead of timing them here "
+                              "(time them with `lowbit measure DIR` on the target, then --import-results DIR)")
+    offline.add_argument("--import-results", metavar="DIR",
+                         help="add the times `lowbit measure DIR` wrote to the log (no MODEL or --shape needed)")
 
 
 def parse_rows(text):
@@ -87,9 +93,13 @@ def run(args):
 
     if args.trials < 1 or args.repeat < 1:
         raise InputError(f"--trials {args.trials} / --repeat {args.repeat}: both must be at least 1")
+    if args.import_results:
+        return _import(args)
     target = resolve_target(args.target)
     log = args.log or tuner.default_log(target)
     tasks = tasks_from_args(args)
+    if args.export_candidates:
+        return _export(args, tasks, target, log)
     try:
         results = tuner.tune(tasks, kernel=args.kernel, trials=args.trials, log=log, target=target,
                              repeat=args.repeat, progress=not args.no_progress)
@@ -99,6 +109,30 @@ def run(args):
         return 130
     print(format_results(results))
     print(f"log: {log} (target {target.tag}); compile with `lowbit compile MODEL.onnx -o OUT --tuning-log {log}`")
+    return 0
+
+
+def _export(args, tasks, target, log):
+    from lowbit.schedules.tuning.offline import export_candidates
+
+    count = export_candidates(tasks, args.export_candidates, kernel=args.kernel, trials=args.trials, log=log,
+                              target=target, progress=not args.no_progress)
+    if count == 0:
+        print(f"nothing to export: every workload has {args.trials} configs (or its whole space) in {log}")
+        return 0
+    print(f"wrote {count} candidates to {args.export_candidates}; on the target: `lowbit measure "
+          f"{args.export_candidates}`, then here: `lowbit tune --import-results {args.export_candidates}"
+          f"{' --log ' + log if args.log else ''}`")
+    return 0
+
+
+def _import(args):
+    from lowbit.schedules.tuning.offline import import_results
+
+    if args.model is not None or args.shape:
+        raise InputError("--import-results takes no MODEL or --shape: the exported folder names its workloads")
+    added, skipped = import_results(args.import_results, log=args.log)
+    print(f"added {added} records ({skipped} already in the log or not measured); export again to go on")
     return 0
 
 

@@ -24,8 +24,9 @@ import datetime
 import fcntl
 import json
 import os
-import tempfile
 import warnings
+
+from lowbit.runtime.atomic import write_atomically
 
 RECORDS_FILE = "records.jsonl"
 LOCK_FILE = ".records.lock"
@@ -156,20 +157,6 @@ def _locked(lock_path):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def write_atomically(path, data):
-    """Write bytes ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=".records-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def best_record(records, default_rule, default_config):

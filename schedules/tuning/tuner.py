@@ -21,13 +21,13 @@ import math
 import numpy as np
 
 from lowbit.errors import InputError, KernelError
+from lowbit.runtime import timing
 from lowbit.schedules.tuning import records as tuning_records
 from lowbit.schedules.tuning import space as tuning_space
 
 DEFAULT_TRIALS = 16
 DEFAULT_REPEAT = 10
 BATCH = 2  # candidates measured between two updates of the cost model
-MAX_REASON = 400  # characters of a failure's message kept in the record (TVM errors carry long traces)
 
 
 @dataclasses.dataclass
@@ -65,39 +65,31 @@ def seeded_weight(N, K):
     return (rng.standard_normal((N, K)) / math.sqrt(K)).astype(np.float32)
 
 
-class ColdMeasurer:
-    """Builds and times candidates of one workload, cold cache, reusing one set of weight copies.
+class CandidateBuilder:
+    """Builds candidates of one workload (weights re-laid once) and knows the result they must compute.
 
     Parameters
     ----------
     qw : QuantizedWeight
     M : int
-        Rows of X timed.
+        Rows of X the candidates are checked and timed at.
     kernel : str
         Kernel family asked for (``auto``, ``decode``, ``a8``).
     target : TargetInfo
-    repeat : int
-    llc : int, optional
-        Last-level cache bytes the weight copies must exceed (default: sysfs).
     """
 
-    def __init__(self, qw, M, kernel, target, repeat=DEFAULT_REPEAT, llc=None):
-        from lowbit import bench
+    def __init__(self, qw, M, kernel, target):
+        from lowbit import bench, peers
         from lowbit.compiler.linear import prepare_layer
-        from lowbit.compiler.tvm_api import tensor
 
-        self.qw, self.M, self.target, self.repeat = qw, M, target, repeat
+        self.qw, self.M, self.target = qw, M, target
         self.kernel, self.layout, self.arrays = prepare_layer(qw, None, target, kernel)
         self.bucket = bucket_for(M)
         x = np.random.default_rng([M, qw.codes.shape[1], 1]).standard_normal((M, qw.codes.shape[1]))
         self.x = x.astype(np.float32)
-        self.x_used = bench.kernel_activations(self.kernel, self.x, qw)
-        self.reference = self.x_used.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
-        llc = llc or bench.llc_bytes() or bench.FALLBACK_LLC
-        copies = bench.copies_for(int(self.layout.packed_bytes), llc)
-        self._x_t = tensor(self.x)
-        self._y_t = tensor(np.empty((M, self.layout.N), np.float32))
-        self._weights = [[tensor(a) for a in self.arrays.values()] for _ in range(copies)]
+        x_used = bench.kernel_activations(self.kernel, self.x, qw)
+        self.reference = x_used.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
+        self.bound = peers.error_bound(x_used, qw)  # what fp32 arithmetic can explain (a wrong kernel errs more)
 
     def build(self, rule, config):
         """The candidate compiled as the bucket's only function (a CompiledLinear)."""
@@ -106,25 +98,35 @@ class ColdMeasurer:
         return build_prepared(self.kernel, self.layout, self.arrays, self.target, buckets=(self.bucket,),
                               tuning_log=False, overrides={self.bucket.key: (rule, config)})
 
+
+class ColdMeasurer(CandidateBuilder):
+    """Builds and times candidates of one workload, cold cache, reusing one set of weight copies.
+
+    ``repeat``: timed calls per candidate (median kept); ``llc``: last-level cache bytes the weight copies
+    must exceed (default: sysfs). Other parameters as :class:`CandidateBuilder`.
+    """
+
+    def __init__(self, qw, M, kernel, target, repeat=DEFAULT_REPEAT, llc=None):
+        from lowbit.compiler.tvm_api import tensor
+
+        super().__init__(qw, M, kernel, target)
+        self.repeat = repeat
+        llc = llc or timing.llc_bytes() or timing.FALLBACK_LLC
+        copies = timing.copies_for(int(self.layout.packed_bytes), llc)
+        self._x_t = tensor(self.x)
+        self._y_t = tensor(np.empty((M, self.layout.N), np.float32))
+        self._weights = timing.weight_copies(list(self.arrays.values()), copies, tensor)
+
     def measure(self, rule, config):
         """``(ms, None)`` for a candidate that builds, runs and is right, else ``(None, reason)``."""
-        from lowbit import bench, peers
-
         try:
             linear = self.build(rule, config)
-            calls = [lambda ws=ws: linear.func(self._x_t, *ws, self._y_t) for ws in self._weights]
-            run = peers.rotate(calls)
+            run = timing.cold_kernel_runner(linear.func, self._x_t, self._weights, self._y_t)
             run()
-            peers.check_result(f"{rule.name} {config}", self._y_t.numpy(), self.x_used, self.qw, self.reference)
-            return bench.median_ms(run, self.repeat), None
+            timing.check_close(f"{rule.name} {config}", self._y_t.numpy(), self.reference, self.bound)
+            return timing.median_ms(run, self.repeat), None
         except Exception as err:  # noqa: BLE001 - a failed candidate is scored as failed, its reason recorded
-            return None, _reason(err)
-
-
-def _reason(err):
-    text = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+            return None, timing.failure_reason(err)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,18 +165,19 @@ def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, rep
         Where candidates are timed: an object with ``measure(job, pairs) -> [(ms, error)]``
         (default: :class:`LocalRunner`, in this process; ``measure.RPCRunner``: on RPC devices).
     """
-    target, jobs = _jobs(tasks, kernel, trials, log, target, repeat, batch)
+    target, jobs = jobs_for(tasks, kernel, trials, log, target, repeat, batch)
     from lowbit.schedules.tuning.cost_model import CostModel
 
     runner = runner or LocalRunner(repeat, llc)
     model, results = CostModel(target), []
-    with _progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
+    with progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
         for job in jobs:
             results.append(job.run(runner, trials, model, bar, batch))
     return results
 
 
-def _jobs(tasks, kernel, trials, log, target, repeat, batch):
+def jobs_for(tasks, kernel, trials, log, target, repeat, batch):
+    """(TargetInfo, one job per distinct workload of ``tasks``) after checking the arguments."""
     from lowbit.compiler.formats import parse_format
     from lowbit.compiler.linear import check_kernel
     from lowbit.compiler.target import resolve_target
@@ -240,7 +243,8 @@ def _checked_shapes(shapes):
     return shapes
 
 
-def _progress_bar(total, enabled):
+def progress_bar(total, enabled):
+    """The tuning progress bar: trials done, ETA (tqdm's), the best time so far as its postfix."""
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="trial", dynamic_ncols=True)
@@ -298,11 +302,12 @@ class _Job:
         todo = self.todo(trials)
         bar.set_description(self.describe())
         if todo:
-            self._learn_logged(model)
+            self.learn_logged(model)
             self._search(runner, model, todo, bar, batch)
         return self._result()
 
-    def _learn_logged(self, model):
+    def learn_logged(self, model):
+        """Train the cost model on this workload's records in the log (a resumed search starts informed)."""
         logged = self.logged().values()
         known = [(*tuning_space.config_from_record(r), r["ms"]) for r in logged]
         model.update(self.layout, self.M, known)
