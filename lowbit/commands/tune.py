@@ -36,6 +36,10 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=10, metavar="R",
                         help="timed calls per candidate, cold cache; the median is recorded (default: 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--rpc", metavar="HOST:PORT",
+                        help="time candidates on the devices registered with this tvm.rpc tracker (built here, "
+                             "for --target), in parallel; needs --key")
+    parser.add_argument("--key", help="the devices' key at the --rpc tracker")
     offline = parser.add_mutually_exclusive_group()
     offline.add_argument("--export-candidates", metavar="DIR",
                          help="build the next candidates of each workload into DIR instead of timing them here "
@@ -100,16 +104,31 @@ def run(args):
     tasks = tasks_from_args(args)
     if args.export_candidates:
         return _export(args, tasks, target, log)
+    runner = _runner(args)
     try:
         results = tuner.tune(tasks, kernel=args.kernel, trials=args.trials, log=log, target=target,
-                             repeat=args.repeat, progress=not args.no_progress)
+                             repeat=args.repeat, progress=not args.no_progress, runner=runner)
     except KeyboardInterrupt:
         print(f"\nlowbit tune: interrupted; every candidate measured so far is in {log}: run the same command "
               "again to resume", flush=True)
         return 130
+    finally:
+        if runner is not None:
+            runner.close()
     print(format_results(results))
     print(f"log: {log} (target {target.tag}); compile with `lowbit compile MODEL.onnx -o OUT --tuning-log {log}`")
     return 0
+
+
+def _runner(args):
+    """The RPC runner for ``--rpc``/``--key`` (None: time in this process)."""
+    if (args.rpc is None) != (args.key is None):
+        raise InputError("--rpc HOST:PORT and --key KEY go together: the tracker's address and the devices' key")
+    if args.rpc is None:
+        return None
+    from lowbit.schedules.tuning.remote import RPCRunner
+
+    return RPCRunner(args.rpc, args.key, repeat=args.repeat)
 
 
 def _export(args, tasks, target, log):

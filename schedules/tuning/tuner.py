@@ -169,6 +169,7 @@ def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, rep
     from lowbit.schedules.tuning.cost_model import CostModel
 
     runner = runner or LocalRunner(repeat, llc)
+    batch = max(batch, runner.parallel)
     model, results = CostModel(target), []
     with progress_bar(sum(job.todo(trials) for job in jobs), progress) as bar:
         for job in jobs:
@@ -205,6 +206,8 @@ def json_key(value):
 
 class LocalRunner:
     """Times candidates in this process, cold cache (:class:`ColdMeasurer`, one per workload)."""
+
+    parallel = 1  # candidates timed at once
 
     def __init__(self, repeat=DEFAULT_REPEAT, llc=None):
         self.repeat, self.llc, self._measurers = repeat, llc, {}
