@@ -40,18 +40,18 @@ def test_tune_measures_on_every_registered_device(tracker, tmp_path):
         (result,) = tuner.tune(tuner.tasks_for([(4, 64, 256)], "w4g128"), trials=5, log=tmp_path, progress=False,
                                runner=runner)
         assert runner.measured[0] > 0 and runner.measured[1] > 0  # both devices timed candidates
-        assert sum(runner.measured) == 5
+        assert sum(runner.measured) == 6  # 5 configs, the default twice
     finally:
         runner.close()
     logged = records.TuningDatabase(tmp_path, HOST.tag).records
-    assert len(logged) == 5 == result.measured and all(r["ms"] > 0 and r["error"] is None for r in logged)
+    assert len(logged) == 6 and result.measured == 5 and all(r["ms"] > 0 and r["error"] is None for r in logged)
 
 
 def test_tune_command_with_rpc_resumes_from_the_log(tracker, tmp_path, monkeypatch):
     argv = ["tune", "--shape", "4,64,256", "--format", "w4g128", "--trials", "3", "--repeat", "2", "--log",
             str(tmp_path), "--rpc", tracker, "--key", KEY, "--no-progress"]
     assert cli.main(argv) == 0
-    assert len(records.TuningDatabase(tmp_path, HOST.tag).records) == 3
+    assert len(records.TuningDatabase(tmp_path, HOST.tag).records) == 4
 
     def measured(*args):
         raise AssertionError("measured a candidate already in the log")

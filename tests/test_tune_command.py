@@ -54,7 +54,7 @@ def test_tune_model_tunes_each_distinct_layer_shape_once(model_log, capsys):
     database = records.TuningDatabase(model_log, HOST.tag)
     workloads = {(r["workload"]["N"], r["workload"]["K"], r["workload"]["bucket"], r["M"]) for r in database.records}
     assert workloads == {(K, K, "m2-8", 4), (64, K, "m2-8", 4)}
-    assert len(database.records) == 4  # two trials each; fc0 and fc1 share one workload
+    assert len(database.records) == 6  # two configs each, the default twice; fc0 and fc1 share one workload
 
 
 def test_model_tasks_takes_one_m_per_row_and_dedups_layers(model_path):
@@ -98,8 +98,8 @@ def test_ctrl_c_keeps_the_records_and_exits_130(tmp_path, capsys, monkeypatch):
     assert "interrupted" in capsys.readouterr().out
     assert len(records.TuningDatabase(tmp_path, HOST.tag).records) == 1  # the default, measured before Ctrl-C
     monkeypatch.setattr(tuner.LocalRunner, "measure", real)
-    assert cli.main(argv) == 0  # resumes: two more
-    assert len(records.TuningDatabase(tmp_path, HOST.tag).records) == 3
+    assert cli.main(argv) == 0  # resumes: two more, then the default again
+    assert len(records.TuningDatabase(tmp_path, HOST.tag).records) == 4
     assert "speedup" in capsys.readouterr().out
 
 

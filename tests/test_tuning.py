@@ -101,6 +101,7 @@ DEFAULT = _a8(4)
 @pytest.mark.parametrize("logged, expected", [
     pytest.param([(DEFAULT, 1.0), (_a8(2), 1.2), (_a8(6), 1.01)], None, id="all-slower"),
     pytest.param([(DEFAULT, 1.0), (_a8(2), 0.8), (_a8(6), 0.9)], _a8(2), id="fastest-wins"),
+    pytest.param([(DEFAULT, 1.0), (_a8(2), 0.98)], None, id="within-noise"),
     pytest.param([(_a8(2), 0.5)], None, id="default-not-measured"),
     pytest.param([(DEFAULT, None), (_a8(2), 0.5)], None, id="default-failed"),
     pytest.param([(DEFAULT, 1.0), (_a8(2), None), (_a8(6), 0.9)], _a8(6), id="failed-skipped"),
@@ -198,11 +199,12 @@ def test_tuning_writes_one_record_per_measured_candidate(tuned_log):
     log, (result,) = tuned_log
     database = records.TuningDatabase(log, HOST.tag)
     mine = [r for r in database.records if r["M"] == SMALL[0]]
-    assert len(mine) == 5 == result.measured
+    assert len(mine) == 6 and result.measured == 5  # 5 configs, the default timed first and last
     assert len({records.config_key(r["rule"], r["config"]) for r in mine}) == 5
-    assert mine[0]["config"] == dataclasses.asdict(default_plan(_small_layout(), M2_8)[1])  # default first
+    default = dataclasses.asdict(default_plan(_small_layout(), M2_8)[1])
+    assert mine[0]["config"] == default == mine[-1]["config"]
     valid = [r["ms"] for r in mine if r["error"] is None]
-    assert result.best_ms == min(valid) and result.default_ms == mine[0]["ms"]
+    assert result.best_ms == min(valid) and result.default_ms == min(mine[0]["ms"], mine[-1]["ms"])
     assert result.speedup >= 1.0
 
 
@@ -231,7 +233,8 @@ def test_more_trials_measure_only_the_new_candidates(tuned_log, tmp_path):
                            progress=False)
     assert result.measured == 7
     lines = (copy / records.RECORDS_FILE).read_text().splitlines()
-    assert lines[:5] == (log / records.RECORDS_FILE).read_text().splitlines()
+    assert lines[:6] == (log / records.RECORDS_FILE).read_text().splitlines()
+    assert len(lines) == 6 + 2 + 1  # two new configs, the default again
 
 
 def _small_weight():
@@ -293,7 +296,7 @@ def test_a_failed_candidate_is_recorded_and_the_search_goes_on(tmp_path, monkeyp
                            log=tmp_path, repeat=2, llc=1 << 16, progress=False)
     logged = records.TuningDatabase(tmp_path, HOST.tag).records
     failed = [r for r in logged if r["error"] is not None]
-    assert len(failed) == 3 and all("LLVM ran out of registers" in r["error"] and r["ms"] is None for r in failed)
+    assert len(logged) == 5 and len(failed) == 3 and all("LLVM ran out of registers" in r["error"] and r["ms"] is None for r in failed)
     assert result.measured == 4 and result.failed == 3 and result.best_ms == result.default_ms
 
 
@@ -304,3 +307,16 @@ def test_a_search_with_no_valid_candidate_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(KernelError, match="ZeroDivisionError"):
         tuner.tune(tuner.tasks_for([(2, 64, 256)], "w4g128"), kernel="decode", trials=2, log=tmp_path, repeat=2,
                    llc=1 << 16, progress=False)
+
+
+def test_shipped_logs_are_current_records_of_their_folders_target_with_a_readme(recwarn):
+    import lowbit.tuning_logs
+
+    root = os.path.dirname(lowbit.tuning_logs.__file__)
+    folders = [name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)) and name != "__pycache__"]
+    assert folders, "no tuning logs shipped"
+    for tag in folders:
+        assert os.path.isfile(os.path.join(root, tag, "README.md")), tag
+        database = records.TuningDatabase(records.shipped_folder(tag), tag)
+        assert database.records and all(space.config_from_record(r) for r in database.records)
+    assert not [w for w in recwarn if "ignored" in str(w.message)]  # none from another version or target

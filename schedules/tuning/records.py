@@ -29,6 +29,8 @@ import warnings
 from lowbit.runtime.atomic import write_atomically
 
 RECORDS_FILE = "records.jsonl"
+# a record replaces the default only when at least 3% faster: cold timings on a busy machine scatter by ~1-2%
+MIN_GAIN = 0.97
 LOCK_FILE = ".records.lock"
 WORKLOAD_KEYS = ("N", "K", "format", "kernel", "bucket")
 RECORD_KEYS = ("workload", "M", "target_tag", "rule", "config", "ms", "error", "lowbit_version", "tvm_version",
@@ -165,7 +167,8 @@ def best_record(records, default_rule, default_config):
     ``records`` are valid and failed records of one (workload, bucket). Times compare only at the same
     (format, M): each config's time is divided by the default config's time measured at that (format, M),
     and a config's score is the geometric mean of its ratios. A record at an (format, M) where the default was
-    not measured (or failed) cannot show that it is faster and is skipped. The winner must score below 1.
+    not measured (or failed) cannot show that it is faster and is skipped. The winner must score below
+    :data:`MIN_GAIN`: a config within timing noise of the default is not worth leaving the default for.
     """
     groups = {}
     for record in records:
@@ -185,7 +188,7 @@ def best_record(records, default_rule, default_config):
             example.setdefault(key, record)
     scores = {key: _geometric_mean(values) for key, values in ratios.items()}
     best = min(scores, key=scores.get, default=None)
-    if best is None or scores[best] >= 1.0:
+    if best is None or scores[best] >= MIN_GAIN:
         return None
     return example[best]
 
