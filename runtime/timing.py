@@ -34,16 +34,29 @@ def copies_for(weight_bytes, llc):
     return max(2, min(wanted, COPIES_MEMORY_CAP // weight_bytes))
 
 
-def median_ms(run, repeat, warmup=WARMUP):
-    """Median wall time in ms of ``repeat`` calls of ``run`` after ``warmup`` untimed calls."""
+def call_times_ms(run, repeat, warmup=WARMUP):
+    """Wall times in ms of ``repeat`` calls of ``run`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_ms(run, repeat, warmup=WARMUP):
+    """Median wall time in ms of ``repeat`` calls of ``run`` after ``warmup`` untimed calls (benchmarks)."""
+    return statistics.median(call_times_ms(run, repeat, warmup))
+
+
+def tuning_ms(run, repeat, warmup=WARMUP):
+    """The time a tuning record keeps: the fastest of ``repeat`` cold calls. Other jobs on the machine only
+    ever add time to a call, and every call is cold (its own weight copy), so the fastest one is the
+    kernel's own time; a median moves with the load (measured here, load 5-7 on 2 cores: one config's
+    median 20-27 ms between two runs, 4.0 vs 2.0 ms for another)."""
+    return min(call_times_ms(run, repeat, warmup))
 
 
 def rotate(calls):

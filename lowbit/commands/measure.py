@@ -10,7 +10,7 @@ def add_arguments(parser):
     """Register ``lowbit measure``'s options."""
     parser.add_argument("folder", metavar="DIR", help="a folder written by `lowbit tune --export-candidates DIR`")
     parser.add_argument("--repeat", type=int, default=10, metavar="R",
-                        help="timed calls per candidate, cold cache; the median is kept (default: 10)")
+                        help="timed calls per candidate, cold cache; the fastest is kept (default: 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -34,7 +34,7 @@ def add_arguments(parser):
     parser.add_argument("--log", metavar="DIR",
                         help="tuning log folder (default: tuning_logs/<target tag>/ in the current folder)")
     parser.add_argument("--repeat", type=int, default=10, metavar="R",
-                        help="timed calls per candidate, cold cache; the median is recorded (default: 10)")
+                        help="timed calls per candidate, cold cache; the fastest is recorded (default: 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rpc", metavar="HOST:PORT",
                         help="time candidates on the devices registered with this tvm.rpc tracker (built here, "

@@ -1,8 +1,9 @@
 """CPU schedule rule for the int8-activation mpGEMM kernel (template: compiler/kernels_a8.py).
 
-Loop nest per parallel tile of ``lanes`` output rows (and ``m_tile`` rows of X): groups -> words ->
-rows (unrolled) -> one tensorized packed-decode dot product per word (``vpdpbusd`` or
-``vpmaddubsw``+``vpmaddwd``, chosen from the target's features). The int32 group sums live in registers;
+Loop nest per parallel tile of ``n_tile x lanes`` output rows (and ``m_tile`` rows of X): groups -> words
+(unrolled or not) -> column tiles x rows (both unrolled; which one outside is a knob) -> one tensorized
+packed-decode dot product per word (``vpdpbusd`` or ``vpmaddubsw``+``vpmaddwd``, chosen from the target's
+features). The int32 group sums live in registers;
 the group's scales and zero point are applied once per group. Activation quantization runs once per call,
 before the parallel loop.
 """
@@ -20,12 +21,18 @@ class A8Config:
     m_tile : rows of X that share each decoded weight word.
     n_tile : vector tiles of output rows (``lanes`` rows each) per register block: each activation quad
         word broadcast is reused by ``n_tile`` weight vectors (``m_tile * n_tile`` int32 accumulators).
+    rows_outer : inside a word, loop over X's rows outside the column tiles (each decoded weight vector is
+        then live across ``n_tile`` rows' broadcasts) rather than inside them (each broadcast reused by
+        ``n_tile`` weight vectors).
+    unroll_words : unroll the loop over a group's words (longer straight-line code, no loop overhead).
     intrinsic : tensorize the dot product with the host's instruction (False leaves LLVM the reference
         expression: slow, used to check the intrinsic against its description).
     """
 
     m_tile: int = 1
     n_tile: int = 1
+    rows_outer: bool = False
+    unroll_words: bool = False
     intrinsic: bool = True
 
 
@@ -101,9 +108,10 @@ class DecodeA8:
                    "p": reduce[1] if len(reduce) == 3 else 1, "j": 4}
         kept = [name for name, extent in extents.items() if extent > 1]
         named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
-        order = [named[k] for k in ("w", "nti", "rows", "lane", "p", "j") if k in named]
+        block = ("rows", "nti") if config.rows_outer else ("nti", "rows")
+        order = [named[k] for k in ("w", *block, "lane", "p", "j") if k in named]
         sch.reorder(*order)
-        for name in ("nti", "rows"):
+        for name in ("nti", "rows") + (("w",) if config.unroll_words else ()):
             if name in named:
                 sch.unroll(named[name])
         a_lane, first = named["lane"], order[0]

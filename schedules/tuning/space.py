@@ -3,9 +3,11 @@
 A candidate is ``(rule, config)``: a rule object and one of its frozen config dataclasses. Spaces are
 small and listed exhaustively (the cost model ranks them, the tuner measures the best-ranked):
 
-- ``decode_a8`` (:class:`~lowbit.schedules.cpu.a8.DecodeA8`): ``m_tile`` in {1, 2, 4, 6, 8, 12, 16}, at most
-  the bucket's largest M, times ``n_tile`` in {1, 2, 4} dividing the layer's column tiles (at most 21
-  candidates per bucket); the intrinsic is always used (without it the kernel is the slow reference).
+- ``decode_a8`` (:class:`~lowbit.schedules.cpu.a8.DecodeA8`): the register block ``m_tile`` in {1, 2, 4, 6, 8,
+  12, 16} (at most the bucket's largest M) x ``n_tile`` in {1, 2, 4} (dividing the layer's column tiles); the
+  loop order inside the block, ``rows_outer`` (only where both tiles exceed 1: else both orders are one);
+  ``unroll_words`` (only where a group has more than one word). At most 66 candidates per bucket (6 at
+  M = 1); the intrinsic is always used (without it the kernel is the slow reference).
 - ``decode_accumulate``: ``partials`` in {1, 2, 4, 8} dividing the codes per word (0 stands for one per code
   slot, the rule's default), ``m_tile`` in {1, 2, 4}, at most the bucket's largest M.
 - ``decode_dequant_tile``: ``m_tile`` in {2, 4, 6, 8} (at most the bucket's largest M), ``n_vectors`` in
@@ -48,9 +50,7 @@ def _fits(bucket, m_tile):
 def space(layout, bucket):
     """Every candidate ``(rule, config)`` for one layer layout and M bucket, in a fixed order."""
     if layout.decode == "a8":
-        rule = a8.DecodeA8()
-        return [(rule, a8.A8Config(m_tile=m, n_tile=n)) for m in A8_M_TILES if _fits(bucket, m)
-                for n in A8_N_TILES if layout.n_tiles % n == 0]
+        return _a8_space(layout, bucket)
     accumulate, dequant = decode.DecodeAccumulate(), decode.DequantTileConfig
     per_word = layout.codes_per_word
     partials = [0] + [p for p in ACCUMULATE_PARTIALS if per_word % p == 0 and p != per_word]
@@ -59,6 +59,17 @@ def space(layout, bucket):
     tile = decode.DecodeDequantTile()
     candidates += [(tile, dequant(m_tile=m, n_vectors=v))
                    for m in DEQUANT_M_TILES if _fits(bucket, m) for v in DEQUANT_N_VECTORS]
+    return candidates
+
+
+def _a8_space(layout, bucket):
+    rule, candidates = a8.DecodeA8(), []
+    unrolls = (False, True) if layout.words_per_group > 1 else (False,)
+    for m in (m for m in A8_M_TILES if _fits(bucket, m)):
+        for n in (n for n in A8_N_TILES if layout.n_tiles % n == 0):
+            orders = (False, True) if m > 1 and n > 1 else (False,)
+            candidates += [(rule, a8.A8Config(m_tile=m, n_tile=n, rows_outer=order, unroll_words=unroll))
+                           for order in orders for unroll in unrolls]
     return candidates
 
 

@@ -11,11 +11,12 @@ One workload is (N, K, format, kernel family, M bucket), tuned at one M of the b
 5. the default is measured once more, last (first timings on a busy machine run slow): the log keeps both,
    and a record must beat the default's best time.
 
-Measurement is in-process (:class:`LocalRunner`; ``remote.RPCRunner`` for devices behind a tracker) and cold-cache, as ``lowbit bench``: each timed call reads the next of enough
-independent weight copies to span twice the last-level cache; the result is checked against the NumPy
-reference before it is timed (a wrong result is a failed candidate); the median of ``repeat`` calls after
-warm-up calls is recorded. A candidate that fails to build, run or compute the right result is recorded with
-its reason and the search goes on; a workload left with no valid record is an error.
+Measurement is in-process (:class:`LocalRunner`; ``remote.RPCRunner`` for devices behind a tracker) and
+cold-cache, as ``lowbit bench``: each timed call reads the next of enough independent weight copies to span
+twice the last-level cache; the result is checked against the NumPy reference before it is timed (a wrong
+result is a failed candidate); the fastest of ``repeat`` calls after warm-up calls is recorded
+(:func:`lowbit.runtime.timing.tuning_ms` says why). A candidate that fails to build, run or compute the right
+result is recorded with its reason and the search goes on; a workload left with no valid record is an error.
 """
 import dataclasses
 import math
@@ -104,7 +105,7 @@ class CandidateBuilder:
 class ColdMeasurer(CandidateBuilder):
     """Builds and times candidates of one workload, cold cache, reusing one set of weight copies.
 
-    ``repeat``: timed calls per candidate (median kept); ``llc``: last-level cache bytes the weight copies
+    ``repeat``: timed calls per candidate (the fastest kept); ``llc``: last-level cache bytes the weight copies
     must exceed (default: sysfs). Other parameters as :class:`CandidateBuilder`.
     """
 
@@ -126,7 +127,7 @@ class ColdMeasurer(CandidateBuilder):
             run = timing.cold_kernel_runner(linear.func, self._x_t, self._weights, self._y_t)
             run()
             timing.check_close(f"{rule.name} {config}", self._y_t.numpy(), self.reference, self.bound)
-            return timing.median_ms(run, self.repeat), None
+            return timing.tuning_ms(run, self.repeat), None
         except Exception as err:  # noqa: BLE001 - a failed candidate is scored as failed, its reason recorded
             return None, timing.failure_reason(err)
 
@@ -162,7 +163,7 @@ def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, rep
     target : TargetInfo, optional
         Default: this CPU.
     repeat : int
-        Timed calls per candidate (median recorded).
+        Timed calls per candidate (the fastest recorded).
     runner : optional
         Where candidates are timed: an object with ``measure(job, pairs) -> [(ms, error)]``
         (default: :class:`LocalRunner`, in this process; ``measure.RPCRunner``: on RPC devices).
