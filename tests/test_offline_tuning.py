@@ -120,3 +120,24 @@ def test_measure_refuses_candidates_for_features_this_cpu_lacks(round_trip, tmp_
         measure.measure_folder(other)
     with pytest.raises(InputError, match="--export-candidates"):
         measure.measure_folder(tmp_path)
+
+
+def test_a_candidate_that_fails_on_the_target_is_reported_with_its_reason(round_trip, tmp_path, capsys):
+    import shutil
+
+    _, folder, exported, _, _ = round_trip
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / measure.RESULTS_FILE).unlink()
+    (broken / exported["candidates"][1]["library"]).write_bytes(b"not a shared library")
+    out = measure.measure_folder(broken, repeat=2)
+    failed = [r for r in out["results"] if r["error"] is not None]
+    assert [r["id"] for r in failed] == [exported["candidates"][1]["id"]] and failed[0]["ms"] is None
+    assert len(out["results"]) == 3
+    empty = tmp_path / "empty"  # a fresh copy: overwriting a library this process loaded would crash it
+    shutil.copytree(folder, empty)
+    (empty / measure.RESULTS_FILE).unlink()
+    for candidate in exported["candidates"]:
+        (empty / candidate["library"]).write_bytes(b"")
+    assert cli.main(["measure", str(empty), "--no-progress"]) == 1  # nothing ran: an error
+    assert "no candidate" in capsys.readouterr().err

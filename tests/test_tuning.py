@@ -345,3 +345,21 @@ def test_every_a8_knob_computes_the_reference(config, M):
     x_deq = quantize_activations_reference(x, qw.group_size)[0]
     bound = np.finfo(np.float32).eps * (256 // 128 + 4) * (np.abs(x_deq) @ np.abs(qw.dequantize()).T)
     assert (np.abs(linear.run(x) - expected) <= bound).all()
+
+
+@needs_a8
+def test_cost_model_learns_from_results_and_ranks_every_candidate():
+    from lowbit.schedules.tuning.cost_model import CostModel
+
+    layout = _small_layout()
+    pairs = space.space(layout, M2_8)
+    model = CostModel(HOST)
+    # made-up times: the larger the register block, the faster (the model must rank by what it was taught)
+    times = {config: 1.0 / (config.m_tile * config.n_tile) for _, config in pairs}
+    taught = [(rule, config, times[config]) for rule, config in pairs[::2]] + [(pairs[1][0], pairs[1][1], None)]
+    model.update(layout, SMALL[0], taught)
+    ranked = model.rank(layout, SMALL[0], pairs[1::2])
+    assert sorted(map(id, ranked)) == sorted(map(id, pairs[1::2]))  # a permutation: nothing lost or added
+    top, bottom = ranked[: len(ranked) // 3], ranked[-(len(ranked) // 3):]
+    mean = lambda group: np.mean([times[config] for _, config in group])  # noqa: E731
+    assert mean(top) < mean(bottom)
