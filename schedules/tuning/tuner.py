@@ -195,7 +195,7 @@ def jobs_for(tasks, kernel, trials, log, target, repeat, batch):
     database = tuning_records.TuningDatabase(log or default_log(target), target.tag)
     jobs = {}
     for task in tasks:
-        job = _Job((task.M, task.N, task.K), parse_format(task.format), kernel, target, database)
+        job = WorkloadJob((task.M, task.N, task.K), parse_format(task.format), kernel, target, database)
         jobs.setdefault((job.M, json_key(job.workload)), job)  # two layers of one shape: one workload
     return target, list(jobs.values())
 
@@ -256,7 +256,7 @@ def progress_bar(total, enabled):
     return tqdm(total=total, disable=not enabled, unit="trial", dynamic_ncols=True)
 
 
-class _Job:
+class WorkloadJob:
     """One workload of a tuning run: its candidates, what the log has, the search loop."""
 
     def __init__(self, shape, fmt, kernel, target, database):
