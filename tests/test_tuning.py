@@ -262,7 +262,7 @@ def test_compile_follows_the_log(tuned_log):
 @needs_a8
 def test_compile_uses_a_faster_record_and_tuning_log_false_ignores_it(tuned_log, tmp_path):
     log, _ = tuned_log
-    folder = tmp_path / "log"
+    folder = tmp_path / HOST.tag  # a folder of per-target logs works too: its <target tag>/ is read
     shutil.copytree(log, folder)
     database = records.TuningDatabase(folder, HOST.tag)
     default_ms = database.records[0]["ms"]
@@ -271,7 +271,7 @@ def test_compile_uses_a_faster_record_and_tuning_log_false_ignores_it(tuned_log,
     # the slowest candidate, re-stamped at half the default's time: the compile must now take it
     database.append(dict(slowest, ms=default_ms / 2, error=None))
     x = np.random.default_rng(2).standard_normal((5, SMALL[2])).astype(np.float32)
-    tuned = build_linear(_small_weight(), target=HOST, tuning_log=folder)
+    tuned = build_linear(_small_weight(), target=HOST, tuning_log=tmp_path)
     assert tuned.plans["m2-8"].source == "record"
     assert dataclasses.asdict(tuned.plans["m2-8"].config) == slowest["config"]
     plain = build_linear(_small_weight(), target=HOST, tuning_log=False)
