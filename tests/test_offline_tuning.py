@@ -28,7 +28,8 @@ print(json.dumps({"code": code, "libs": sorted({os.path.basename(path) for path 
 
 
 def _measure_in_fresh_process(folder):
-    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    env = dict(os.environ)
+    env.pop("TVM_USE_RUNTIME_LIB", None)  # `lowbit measure` asks for the runtime library by itself
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder)], capture_output=True, text=True, env=env,
                           check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -141,3 +142,16 @@ def test_a_candidate_that_fails_on_the_target_is_reported_with_its_reason(round_
         (empty / candidate["library"]).write_bytes(b"")
     assert cli.main(["measure", str(empty), "--no-progress"]) == 1  # nothing ran: an error
     assert "no candidate" in capsys.readouterr().err
+
+
+def test_measure_in_process_leaves_the_environment_alone(round_trip, tmp_path):
+    """Regression: `lowbit measure` run in-process set TVM_USE_RUNTIME_LIB=1 for every later child process
+    (a `lowbit compile` subprocess then loaded TVM without its compiler)."""
+    import shutil
+
+    _, folder, _, _, _ = round_trip
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    before = os.environ.get("TVM_USE_RUNTIME_LIB")
+    assert cli.main(["measure", str(copy), "--repeat", "1", "--no-progress"]) == 0
+    assert os.environ.get("TVM_USE_RUNTIME_LIB") == before

@@ -1,7 +1,8 @@
 """``lowbit measure DIR``: time the candidates ``lowbit tune --export-candidates DIR`` built, on this machine.
 
-Runtime only: TVM's runtime library (``TVM_USE_RUNTIME_LIB=1`` is set unless the caller set it), NumPy and
-``lowbit.runtime``; nothing of the compiler. Writes ``DIR/results.json`` for ``lowbit tune --import-results``.
+Runtime only: TVM's runtime library (``lowbit.runtime`` imports TVM with ``TVM_USE_RUNTIME_LIB=1`` unless TVM
+is imported already), NumPy and ``lowbit.runtime``; nothing of the compiler. Writes ``DIR/results.json``
+for ``lowbit tune --import-results``.
 """
 HELP = "time exported tuning candidates on this machine (runtime only) and write DIR/results.json"
 
@@ -18,7 +19,6 @@ def run(args):
     """Measure, print one line per candidate; 0 when at least one candidate ran."""
     import os
 
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     from lowbit.errors import KernelError
     from lowbit.runtime.measure import RESULTS_FILE, measure_folder, read_candidates
 
