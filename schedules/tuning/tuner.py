@@ -166,7 +166,7 @@ def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, rep
         Timed calls per candidate (the fastest recorded).
     runner : optional
         Where candidates are timed: an object with ``measure(job, pairs) -> [(ms, error)]``
-        (default: :class:`LocalRunner`, in this process; ``measure.RPCRunner``: on RPC devices).
+        (default: :class:`LocalRunner`, in this process; ``remote.RPCRunner``: on RPC devices).
     """
     target, jobs = jobs_for(tasks, kernel, trials, log, target, repeat, batch)
     from lowbit.schedules.tuning.cost_model import CostModel
