@@ -54,10 +54,17 @@ class CompiledModel:
 def _layer_entries(compiled, patterns=None):
     layers = [dataclasses.asdict(plan) for plan in compiled.layers]
     for index, layer in enumerate(layers):
-        layer["schedule"] = "default"
+        layer["schedule"] = schedule_source(layer["plans"])
         if patterns is not None:
             layer["pattern"] = patterns[index]
     return layers
+
+
+def schedule_source(plans):
+    """One word for a layer's schedules: ``record`` (every M bucket from a tuning record), ``default`` (none),
+    or ``mixed`` (the manifest's ``plans`` say which bucket came from where)."""
+    sources = {plan["source"] for plan in plans.values()}
+    return sources.pop() if len(sources) == 1 else "mixed"
 
 
 def _manifest(model, compiled, target):
@@ -88,7 +95,7 @@ def is_onnx_model(model):
     return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
 
 
-def _compile_onnx(model, info, format, kernel, dump_ir, progress):  # noqa: A002
+def _compile_onnx(model, info, format, kernel, dump_ir, progress, tuning_log):  # noqa: A002
     from lowbit.frontends.onnx import import_onnx
 
     imported = import_onnx(model, format=format)
@@ -96,11 +103,13 @@ def _compile_onnx(model, info, format, kernel, dump_ir, progress):  # noqa: A002
         hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
             else "it has no MatMul / Gemm with a constant 2-D weight"
         raise ModelError(f"the ONNX model has no quantized MatMul / Gemm lowbit recognises: {hint}")
-    compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress)
+    compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress,
+                                  tuning_log=tuning_log)
     return CompiledModel(compiled, info, _onnx_manifest(imported, compiled, info))
 
 
-def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progress=False):  # noqa: A001,A002
+def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progress=False,  # noqa: A001,A002
+            tuning_log=None):
     """Compile a model into a :class:`CompiledModel`.
 
     Parameters
@@ -118,14 +127,19 @@ def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progr
         Folder to write the IR after each phase.
     progress : bool
         Show a progress bar over the quantized layers while their kernels are built (ONNX models).
+    tuning_log : None, str, os.PathLike or False
+        Tuning records to take each M bucket's schedule from (``lowbit tune --log DIR``'s folder); None: the
+        records shipped with lowbit for the target (``lowbit/tuning_logs/<target tag>/``); False: the rules'
+        default schedules only. A bucket without a record faster than its default keeps the default; the
+        manifest's ``plans`` say which (``source``: ``record`` or ``default``).
     """
     if is_onnx_model(model):
-        return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress)
+        return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress, tuning_log)
     if not isinstance(model, Sequential):
         raise WeightError(f"lowbit.compile takes an ONNX model (path or onnx.ModelProto) or a "
                           f"lowbit.compiler.graph.Sequential, got {type(model).__name__}")
     if format is not None:
         model = quantize_sequential(model, format)
     info = resolve_target(target)
-    compiled = run_pipeline(model, info, kernel=kernel, dump_ir=dump_ir)
+    compiled = run_pipeline(model, info, kernel=kernel, dump_ir=dump_ir, tuning_log=tuning_log)
     return CompiledModel(compiled, info, _manifest(model, compiled, info))

@@ -1,9 +1,11 @@
 """Build one quantized linear layer (``Y = X @ dequant(W)^T + b``) into a callable CPU kernel.
 
 This is the unit the whole-model pipeline, the benchmark and the tests share: pick a schedule rule and
-config per M bucket, build their TensorIR, wrap them behind an M dispatcher, compile.
+config per M bucket (the best tuning record that beats the default, else the default), build their
+TensorIR, wrap them behind an M dispatcher, compile.
 """
 import dataclasses
+import os
 
 import numpy as np
 
@@ -13,8 +15,10 @@ from lowbit.compiler.higgs import rotation_signs
 from lowbit.compiler.layout import relayout, relayout_a8
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
-from lowbit.errors import KernelError
+from lowbit.errors import InputError, KernelError
 from lowbit.schedules.cpu import a8, decode, rotate
+from lowbit.schedules.tuning import records as tuning_records
+from lowbit.schedules.tuning.space import tuned_plan
 
 KERNELS = ("auto", "decode", "a8", "lut")
 ROTATION_SIGNS = "R"  # the arrays entry of a HIGGS layer: its rotation's signs (length = group size)
@@ -97,14 +101,59 @@ def default_plan(layout, bucket):
     return decode.DecodeDequantTile(), decode.DequantTileConfig(m_tile=6, n_vectors=2)
 
 
-def _bucket_func(layout, bucket, has_bias, target):
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One M bucket's schedule: the rule's name, its config, and where it came from.
+
+    ``source``: ``"record"`` (a tuning record that beat the default), ``"default"`` (:func:`default_plan`) or
+    ``"override"`` (given explicitly, as the tuner does for the candidate it measures).
+    """
+
+    rule: str
+    config: object
+    source: str
+
+    def as_manifest(self):
+        """The plan as the artifact manifest records it: ``{"rule", "config", "source"}``."""
+        return {"rule": self.rule, "config": dataclasses.asdict(self.config), "source": self.source}
+
+
+def tuning_database(target, tuning_log=None):
+    """The tuning records a build consults (a TuningDatabase), or None for ``tuning_log=False``.
+
+    ``tuning_log``: None for the records shipped with lowbit for ``target.tag`` (``lowbit/tuning_logs/<tag>/``,
+    possibly none), a folder (a log folder with ``records.jsonl``, or one holding ``<tag>/`` log folders), a
+    TuningDatabase, or False to use the default schedules only.
+    """
+    if tuning_log is False:
+        return None
+    if isinstance(tuning_log, tuning_records.TuningDatabase):
+        return tuning_log
+    if tuning_log is None:
+        return tuning_records.open_log(tuning_records.shipped_folder(target.tag), target.tag)
+    if not os.path.isdir(tuning_log):
+        raise InputError(f"tuning log folder {os.fspath(tuning_log)!r} does not exist: pass the folder `lowbit tune "
+                         f"--log DIR` wrote (e.g. tuning_logs/{target.tag}), or leave it out for the shipped records")
+    return tuning_records.open_log(tuning_log, target.tag)
+
+
+def select_plan(layout, bucket, database):
+    """``(rule, config, source)`` for a bucket: the best record beating the default, else the default."""
     rule, config = default_plan(layout, bucket)
+    if database is not None:
+        tuned = tuned_plan(database, layout, bucket, rule, config)
+        if tuned is not None:
+            return tuned[0], tuned[1], "record"
+    return rule, config, "default"
+
+
+def _bucket_func(layout, bucket, has_bias, target, rule, config):
     m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int64")
     func = rule.template(layout, bucket.lo if m_var is None else m_var, has_bias, config)
     sch = rule.apply(func, target, config)
     if sch is None:
         raise KernelError(f"schedule rule {rule.name} declined its own template for {bucket.key}")
-    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var is not None, (rule.name, config)
+    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var is not None
 
 
 def _dispatcher_buffers(layout, arrays, has_bias, m_var):
@@ -119,18 +168,26 @@ def _dispatcher_buffers(layout, arrays, has_bias, m_var):
 
 
 def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgemm",
-                         buckets=dispatch.DEFAULT_BUCKETS):
+                         buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None, overrides=None):
     """Add one subroutine per M bucket and their dispatcher through ``add_func(func, name) -> GlobalVar``
     (a Relax BlockBuilder's ``add_func``, which gives the GlobalVars the types ``call_tir`` checks).
 
-    Returns (dispatcher GlobalVar, {bucket key: (rule name, config)}).
+    ``tuning_log`` chooses the records consulted (see :func:`tuning_database`; default: the shipped ones);
+    ``overrides`` maps bucket keys to an explicit ``(rule, config)`` (the tuner's candidates).
+
+    Returns (dispatcher GlobalVar, {bucket key: :class:`Plan`}).
     """
+    database = tuning_database(target, tuning_log)
     calls, plans = [], {}
     for bucket in buckets:
-        sub, takes_m, plan = _bucket_func(layout, bucket, has_bias, target)
+        if overrides and bucket.key in overrides:
+            rule, config, source = (*overrides[bucket.key], "override")
+        else:
+            rule, config, source = select_plan(layout, bucket, database)
+        sub, takes_m = _bucket_func(layout, bucket, has_bias, target, rule, config)
         gvar = add_func(sub, f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
         calls.append((bucket, gvar, takes_m))
-        plans[bucket.key] = plan
+        plans[bucket.key] = Plan(rule.name, config, source)
     m_var = tirx.Var("M", "int64")
     prologue = None
     if ROTATION_SIGNS in arrays:
@@ -163,7 +220,7 @@ class CompiledLinear:
     func : tvm PackedFunc
         ``func(x, *weights, y)`` on ``tvm.runtime.tensor`` arguments.
     plans : dict
-        Bucket key -> (rule name, config).
+        Bucket key -> :class:`Plan` (``.source``: "record" or "default").
     """
 
     kernel: str
@@ -185,7 +242,7 @@ class CompiledLinear:
         return y.numpy()
 
 
-def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS):
+def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None):
     """Compile one quantized linear layer for ``target`` (default: this CPU).
 
     Parameters
@@ -195,12 +252,26 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     bias : np.ndarray of shape (N,), optional
     target : None, "cpu", dict or TargetInfo
     kernel : {"auto", "decode", "a8", "lut"}
+    tuning_log : None, folder, TuningDatabase or False
+        Tuning records to take schedules from (default: those shipped for the target; False: none), see
+        :func:`tuning_database`.
     """
     info = resolve_target(target)
     chosen, layout, arrays = prepare_layer(qw, bias, info, kernel)
+    return build_prepared(chosen, layout, arrays, info, buckets, tuning_log)
+
+
+def build_prepared(kernel, layout, arrays, target, buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None,
+                   overrides=None):
+    """Compile a layer already re-laid by :func:`prepare_layer` (``kernel, layout, arrays``) for a TargetInfo.
+
+    The tuner builds every candidate of a workload this way (one bucket, ``overrides`` naming the candidate),
+    re-laying the weights once.
+    """
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info)
-    lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
-    return CompiledLinear(chosen, layout, arrays, lib["mpgemm"], plans, lib)
+    _, plans = add_linear_functions(bb.add_func, layout, arrays, "B" in arrays, target, buckets=buckets,
+                                    tuning_log=tuning_log, overrides=overrides)
+    lib = compile_module(bb.get(), target=target.tvm_target(), tir_pipeline=tir_pipeline())
+    return CompiledLinear(kernel, layout, arrays, lib["mpgemm"], plans, lib)

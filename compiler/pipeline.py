@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from lowbit.compiler.graph import Activation, QuantizedLinear
-from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer
+from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer, tuning_database
 from lowbit.compiler.tvm_api import compile_module, relax_pipeline, tir_pipeline, tirx, tvm
 from lowbit.errors import WeightError
 
@@ -52,12 +52,14 @@ def _dump(dump_dir, phase, text):
             f.write(text)
 
 
-def build_kernels(model, target, kernel, bb):
-    """Phase 1: re-lay each quantized layer's weights and add its M-bucket kernel to ``bb``.
+def build_kernels(model, target, kernel, bb, tuning_log=None):
+    """Phase 1: re-lay each quantized layer's weights and add its M-bucket kernel to ``bb`` (schedules from
+    ``tuning_log``, see :func:`lowbit.compiler.linear.tuning_database`).
 
     Returns one (arrays, dispatcher GlobalVar, LayerPlan) per quantized layer.
     """
     check_kernel(kernel)
+    database = tuning_database(target, tuning_log)  # opened (and its warnings given) once per compile
     built = []
     for index, layer in enumerate(model.linear_layers()):
         if not isinstance(layer, QuantizedLinear):
@@ -66,10 +68,10 @@ def build_kernels(model, target, kernel, bb):
         layer_name = layer.name or f"linear{index}"
         chosen, layout, arrays = prepare_layer(layer.weight, layer.bias, target, kernel)
         gvar, plans = add_linear_functions(bb.add_func, layout, arrays, layer.bias is not None, target,
-                                           name=f"layer{index}_mpgemm")
+                                           name=f"layer{index}_mpgemm", tuning_log=False if database is None else database)
         N, K = layer.shape
         plan = LayerPlan(layer_name, layer.weight.format.name, N, K, chosen,
-                         {k: {"rule": r, "config": dataclasses.asdict(c)} for k, (r, c) in plans.items()},
+                         {key: plan.as_manifest() for key, plan in plans.items()},
                          [f"{layer_name}.{key}" for key in arrays],
                          float(layer.weight.format.bits_per_weight(K)))
         built.append((arrays, gvar, plan))
@@ -103,12 +105,12 @@ def build_graph(model, kernels, bb):
     return params
 
 
-def run_pipeline(model, target, kernel="auto", dump_ir=None):
+def run_pipeline(model, target, kernel="auto", dump_ir=None, tuning_log=None):
     """Compile a quantized :class:`Sequential` for ``target`` (a TargetInfo); returns :class:`Compiled`."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    kernels = build_kernels(model, target, kernel, bb)
+    kernels = build_kernels(model, target, kernel, bb, tuning_log)
     _dump(dump_ir, "1-kernels", bb.get().script())
     params = build_graph(model, kernels, bb)
     mod = bb.get()
@@ -118,7 +120,7 @@ def run_pipeline(model, target, kernel="auto", dump_ir=None):
     return Compiled(executable, params, [plan for _, _, plan in kernels])
 
 
-def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=False):
+def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=False, tuning_log=None):
     """Compile a frontend's :class:`~lowbit.frontends.onnx.ImportedModel` for ``target`` (a TargetInfo).
 
     Float constants of the model stay bound in the module; the kernels' arrays are returned as params
@@ -127,9 +129,11 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
     from lowbit.compiler.passes.lower_quantized_matmul import LowerQuantizedMatmul
 
     check_kernel(kernel)
+    database = tuning_database(target, tuning_log)  # opened (and its warnings given) once per compile
     mod = imported.mod
     _dump(dump_ir, "0-import", mod.script())
-    lower = LowerQuantizedMatmul(imported.quantized, target, kernel=kernel, progress=progress)
+    lower = LowerQuantizedMatmul(imported.quantized, target, kernel=kernel, progress=progress,
+                                 tuning_log=False if database is None else database)
     mod = lower(mod)
     _dump(dump_ir, "1-lower", mod.script())
     executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),

@@ -73,3 +73,34 @@ def onnx_supported_ops():
     from tvm.relax.frontend.onnx import onnx_frontend
 
     return set(onnx_frontend._get_convert_map()) | {"If", "Constant"}  # noqa: SLF001 (no public accessor)
+
+
+def meta_schedule():
+    """TVM's MetaSchedule package (``tvm.s_tir.meta_schedule``: its cost models, feature extractors and
+    measure-candidate types), imported on first use: it pulls in xgboost and friends."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms
+
+
+def tune_context(mod, target):
+    """A MetaSchedule ``TuneContext`` for ``mod`` on ``target``, the handle its cost models and feature
+    extractors take (lowbit uses no MetaSchedule space generator or search strategy).
+
+    ``TuneContext.__init__`` imports ``tvm.s_tir.tensor_intrin`` for the space generators that tensorize;
+    that import parses some 250 TVMScript functions, each walking ``inspect.stack()``: 17 s here. Nothing
+    lowbit asks of the context reads those intrinsics (lowbit registers its own), so the import is skipped
+    while the context is made (an empty module stands in, then is removed: a later real import still works).
+    """
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    stand_in = name not in sys.modules
+    if stand_in:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        return meta_schedule().TuneContext(mod=mod, target=target, num_threads=1)
+    finally:
+        if stand_in:
+            del sys.modules[name]

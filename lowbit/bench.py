@@ -11,11 +11,9 @@ The result is ``{"header": {...}, "rows": [...]}`` with the row keys in :data:`R
 """
 import concurrent.futures
 import datetime
-import glob
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 
@@ -23,36 +21,17 @@ import numpy as np
 
 from lowbit import peers
 from lowbit.errors import InputError, KernelError
+from lowbit.runtime.timing import (COPIES_MEMORY_CAP, FALLBACK_LLC, WARMUP, copies_for,  # noqa: F401 (re-exported)
+                                   llc_bytes, median_ms)
 
 DEFAULT_SHAPES = ((1, 4096, 4096), (1, 14336, 4096), (1, 4096, 14336), (16, 4096, 4096), (128, 4096, 4096))
 DEFAULT_FORMATS = ("w8", "w4g128", "w3g128", "w2g64", "ternary", "nf4g64")
 DEFAULT_KERNELS = ("auto",)
 DEFAULT_REPEAT = 20
-WARMUP = 2
 ROW_KEYS = ("M", "N", "K", "format", "kernel", "lowbit_ms", "numpy_ms", "torch_ms", "ort_acc4_ms", "ort_acc0_ms",
             "ggml_ms", "ggml_type", "weight_bytes", "gbps", "bw_fraction", "speedup_vs_numpy", "speedup_vs_ort",
             "speedup_vs_ggml")
-COPIES_MEMORY_CAP = 6 << 30  # bytes of weight copies one implementation may hold at a time
-FALLBACK_LLC = 512 << 20     # assumed where sysfs does not say (large: errs towards colder caches)
 DRAM_BUFFER = 1 << 30
-
-
-def llc_bytes():
-    """Size in bytes of this CPU's largest cache (sysfs ``cpu0/cache/index*/size``), or None if unknown."""
-    sizes = []
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        with open(path, encoding="ascii") as f:
-            text = f.read().strip()
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
-        sizes.append(int(text.rstrip("KMGkmg")) * unit)
-    return max(sizes) if sizes else None
-
-
-def copies_for(weight_bytes, llc):
-    """Weight copies to rotate through so that each call misses the cache: ceil(2 * LLC / bytes) + 1,
-    capped at :data:`COPIES_MEMORY_CAP` bytes in all (at least 2)."""
-    wanted = math.ceil(2 * llc / weight_bytes) + 1
-    return max(2, min(wanted, COPIES_MEMORY_CAP // weight_bytes))
 
 
 def dram_gbps(threads, size=DRAM_BUFFER, trials=5):
@@ -69,18 +48,6 @@ def dram_gbps(threads, size=DRAM_BUFFER, trials=5):
             list(pool.map(np.max, slices))
             best = min(best, time.perf_counter() - start)
     return buffer.nbytes / best / 1e9
-
-
-def median_ms(run, repeat, warmup=WARMUP):
-    """Median wall time in ms of ``repeat`` calls of ``run`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def lowbit_runner(linear, x, copies):

@@ -16,6 +16,8 @@ COMMANDS = {
     "bench": ("lowbit.commands.bench", "benchmark mpGEMM kernels against NumPy, torch and onnxruntime (cold cache)"),
     "inspect": ("lowbit.commands.inspect", "show an artifact's manifest: target, layers, formats, kernels"),
     "run": ("lowbit.commands.run", "run an artifact on .npy inputs"),
+    "measure": ("lowbit.commands.measure", "time exported tuning candidates on this machine (runtime only)"),
+    "tune": ("lowbit.commands.tune", "autotune the mpGEMM kernels of a model (or one shape) into a tuning log"),
 }
 
 

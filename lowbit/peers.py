@@ -15,11 +15,12 @@ same way, defaulting to ``2**(bits-1)`` (lowbit's symmetric zero point) when abs
 2-bit blocks of at most 256 (checked by building a one-node session, not assumed).
 """
 import functools
-import itertools
 import math
 import os
 
 import numpy as np
+
+from lowbit.runtime.timing import check_close, rotate
 
 ORT_DOMAIN = "com.microsoft"
 ORT_MIN_BLOCK = 16
@@ -28,12 +29,6 @@ ORT_MIN_BLOCK = 16
 def thread_count():
     """Threads lowbit's kernels use (TVM's pool: ``TVM_NUM_THREADS``, else every core this process may run on)."""
     return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
-
-
-def rotate(calls):
-    """One callable that runs ``calls`` round-robin, one per call."""
-    cycle = itertools.cycle(calls)
-    return lambda: next(cycle)()
 
 
 def _float_weight(weight):
@@ -300,9 +295,4 @@ def check_result(name, y, x, qw, reference=None):
     """Raise AssertionError naming ``name`` when ``y`` is off ``x @ dequant(W)^T`` by more than :func:`error_bound`."""
     if reference is None:
         reference = x.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
-    err = np.abs(np.asarray(y, np.float64) - reference)
-    bound = error_bound(x, qw)
-    if not (err <= bound).all():
-        m, n = np.unravel_index(int(np.argmax(err - bound)), err.shape)
-        raise AssertionError(f"{name}: result differs from x @ dequant(W)^T at [{m}, {n}]: {y[m, n]!r} vs "
-                             f"{reference[m, n]!r} (|err| {err[m, n]:.3g} > bound {bound[m, n]:.3g})")
+    check_close(name, y, reference, error_bound(x, qw))

@@ -73,11 +73,14 @@ class LowerQuantizedMatmul:
     kernel : {"auto", "decode", "a8"}
     progress : bool
         Show a progress bar over the layers while their kernels are built.
+    tuning_log : None, folder, TuningDatabase or False
+        Where the kernels' schedules come from (see :func:`lowbit.compiler.linear.tuning_database`).
     """
 
-    def __init__(self, layers, target, kernel="auto", progress=False):
+    def __init__(self, layers, target, kernel="auto", progress=False, tuning_log=None):
         check_kernel(kernel)
         self.layers, self.target, self.kernel, self.progress = dict(layers), target, kernel, progress
+        self.tuning_log = tuning_log
         self.params, self.plans = [], []
 
     def transform_module(self, mod, _ctx):  # noqa: D102 (module pass hook)
@@ -108,7 +111,7 @@ class LowerQuantizedMatmul:
 
         chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, self.kernel)
         gvar, plans = add_linear_functions(builder.add_func, layout, arrays, False, self.target,
-                                           name=f"layer{index}_mpgemm")
+                                           name=f"layer{index}_mpgemm", tuning_log=self.tuning_log)
         N, K = layer.weight.codes.shape
         names = [f"{layer.name}.{key}" for key in arrays]
         param_vars = [relax.Var(f"layer{index}_{key}", relax.TensorType(array.shape, str(array.dtype)))
@@ -116,7 +119,7 @@ class LowerQuantizedMatmul:
         self.params += [(name, np.ascontiguousarray(array)) for name, array in zip(names, arrays.values())]
         fmt = layer.weight.format
         self.plans.append(LayerPlan(layer.name, fmt.name, N, K, chosen,
-                                    {k: {"rule": r, "config": dataclasses.asdict(c)} for k, (r, c) in plans.items()},
+                                    {key: plan.as_manifest() for key, plan in plans.items()},
                                     names, float(fmt.bits_per_weight(K))))
         return _Kernel(layer.name, gvar, param_vars, N, K)
 

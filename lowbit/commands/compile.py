@@ -13,6 +13,12 @@ def add_arguments(parser):
     parser.add_argument("--format", metavar="NAME",
                         help="also quantize the float MatMul / Gemm weights to this format (w4g128, w8, ...)")
     parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
+    logs = parser.add_mutually_exclusive_group()
+    logs.add_argument("--tuning-log", metavar="DIR",
+                      help="tuning records to take schedules from (`lowbit tune --log DIR`; default: the records "
+                           "shipped with lowbit for this target, tuning_logs/<target tag>/)")
+    logs.add_argument("--no-tuning-log", action="store_true",
+                      help="use the schedule rules' defaults only, no tuning records")
 
 
 def run(args):
@@ -25,7 +31,8 @@ def run(args):
     if not os.path.isdir(folder):
         raise ModelError(f"cannot write {args.output!r}: folder {folder!r} does not exist; create it first")
     compiled = lowbit.compile(args.model, target=args.target, format=args.format, kernel=args.kernel,
-                              dump_ir=args.dump_ir, progress=True)
+                              dump_ir=args.dump_ir, progress=True,
+                              tuning_log=False if args.no_tuning_log else args.tuning_log)
     compiled.save(args.output)
     _print_summary(compiled.manifest, args.output)
     return 0
@@ -43,4 +50,5 @@ def _print_summary(manifest, path):
     print(f"{len(layers)} quantized layers:")
     for layer in layers:
         print(f"  {layer['name']:<32} {layer['format']:<10} N={layer['N']:<6} K={layer['K']:<6} "
-              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')})")
+              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')}), "
+              f"schedule: {layer.get('schedule', 'default')}")

@@ -59,7 +59,7 @@ def _layer_table(layers):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         for bucket, plan in layer.get("plans", {}).items():
             config = " ".join(f"{k}={v}" for k, v in plan.get("config", {}).items())
-            lines.append(f"    {bucket:<8} {plan.get('rule', '?'):<22} {config}")
+            lines.append(f"    {bucket:<8} {plan.get('source', 'default'):<8} {plan.get('rule', '?'):<22} {config}")
     return lines
 
 

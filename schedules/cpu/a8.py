@@ -1,8 +1,9 @@
 """CPU schedule rule for the int8-activation mpGEMM kernel (template: compiler/kernels_a8.py).
 
-Loop nest per parallel tile of ``lanes`` output rows (and ``m_tile`` rows of X): groups -> words ->
-rows (unrolled) -> one tensorized packed-decode dot product per word (``vpdpbusd`` or
-``vpmaddubsw``+``vpmaddwd``, chosen from the target's features). The int32 group sums live in registers;
+Loop nest per parallel tile of ``n_tile x lanes`` output rows (and ``m_tile`` rows of X): groups -> words
+(unrolled or not) -> column tiles x rows (both unrolled; which one outside is a knob) -> one tensorized
+packed-decode dot product per word (``vpdpbusd`` or ``vpmaddubsw``+``vpmaddwd``, chosen from the target's
+features). The int32 group sums live in registers;
 the group's scales and zero point are applied once per group. Activation quantization runs once per call,
 before the parallel loop.
 """
@@ -10,7 +11,7 @@ import dataclasses
 
 from lowbit.compiler import kernels_a8
 from lowbit.compiler.intrinsics import x86_dot
-from lowbit.compiler.tvm_api import Schedule
+from lowbit.compiler.tvm_api import Schedule, tirx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +19,20 @@ class A8Config:
     """Knobs of :class:`DecodeA8`.
 
     m_tile : rows of X that share each decoded weight word.
+    n_tile : vector tiles of output rows (``lanes`` rows each) per register block: each activation quad
+        word broadcast is reused by ``n_tile`` weight vectors (``m_tile * n_tile`` int32 accumulators).
+    rows_outer : inside a word, loop over X's rows outside the column tiles (each decoded weight vector is
+        then live across ``n_tile`` rows' broadcasts) rather than inside them (each broadcast reused by
+        ``n_tile`` weight vectors).
+    unroll_words : unroll the loop over a group's words (longer straight-line code, no loop overhead).
     intrinsic : tensorize the dot product with the host's instruction (False leaves LLVM the reference
         expression: slow, used to check the intrinsic against its description).
     """
 
     m_tile: int = 1
+    n_tile: int = 1
+    rows_outer: bool = False
+    unroll_words: bool = False
     intrinsic: bool = True
 
 
@@ -46,7 +56,8 @@ class DecodeA8:
         # storage bits (1, 2, 4, 8); whether the codes' values fit the ISA's int16 pair sums depends on the
         # format's bits, which the kernel choice (compiler/linear.py, a8_unsupported) checks
         bits = int(func.attrs["lowbit.code_bits"])
-        self._schedule_gemm(sch, target.vector_lanes, config, x86_dot.register(bits, isa))
+        if not self._schedule_gemm(sch, target.vector_lanes, config, x86_dot.register(bits, isa)):
+            return None
         return sch
 
     @staticmethod
@@ -64,31 +75,45 @@ class DecodeA8:
 
     @staticmethod
     def _schedule_gemm(sch, lanes, config, intrin):
+        """Schedule the GEMM blocks; False (the config does not fit the layer) when ``n_tile`` does not
+        divide the column tiles: a partial register block needs a predicate the intrinsic cannot take."""
         y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
         m, n, g = sch.get_loops(y1)
         nt, lane = sch.split(n, [None, lanes])
-        if config.m_tile == 1:
-            sch.reorder(m, nt, g, lane)
-            outer, rows = sch.fuse(m, nt), None
+        if int(sch.get(nt).extent) % config.n_tile:
+            return False
+        nto, nti = sch.split(nt, [None, config.n_tile]) if config.n_tile > 1 else (nt, None)
+        block_n = [nti] if nti is not None else []
+        if config.m_tile == 1 and isinstance(sch.get(m).extent, tirx.IntImm):
+            sch.reorder(m, nto, g, *block_n, lane)
+            outer = sch.fuse(m, nto)  # static M: rows and column tiles share out as one parallel loop
+        elif config.m_tile == 1:
+            # symbolic M: fusing int64 M with the int32 tile loop leaves casts that break decompose_reduction
+            sch.reorder(nto, m, g, *block_n, lane)
+            outer = nto
         else:
             mo, rows = sch.split(m, [None, config.m_tile])
-            sch.reorder(nt, mo, g, rows, lane)
-            outer = nt
+            sch.reorder(nto, mo, g, *block_n, rows, lane)
+            outer = nto
             sch.unroll(rows)
+        if nti is not None:
+            sch.unroll(nti)
         sch.vectorize(lane)
         sch.parallel(outer)
         sch.compute_at(acc, g)
-        # compute_at regenerates ACC's loops under g as (rows, lane, w, p, j), dropping unit extents
-        # (rows when m_tile == 1, p for 8-bit codes, w for a one-word group)
+        # compute_at regenerates ACC's loops under g as (rows, nti, lane, w, p, j), dropping unit extents
+        # (rows when m_tile == 1, nti when n_tile == 1, p for 8-bit codes, w for a one-word group)
         reduce = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[4:]]  # (w, p, j) or (w, j)
-        extents = {"rows": config.m_tile, "lane": lanes, "w": reduce[0], "p": reduce[1] if len(reduce) == 3 else 1,
-                   "j": 4}
+        extents = {"rows": config.m_tile, "nti": config.n_tile, "lane": lanes, "w": reduce[0],
+                   "p": reduce[1] if len(reduce) == 3 else 1, "j": 4}
         kept = [name for name, extent in extents.items() if extent > 1]
         named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
-        order = [named[k] for k in ("w", "rows", "lane", "p", "j") if k in named]
+        block = ("rows", "nti") if config.rows_outer else ("nti", "rows")
+        order = [named[k] for k in ("w", *block, "lane", "p", "j") if k in named]
         sch.reorder(*order)
-        if "rows" in named:
-            sch.unroll(named["rows"])
+        for name in ("nti", "rows") + (("w",) if config.unroll_words else ()):
+            if name in named:
+                sch.unroll(named[name])
         a_lane, first = named["lane"], order[0]
         sch.set_scope(acc, 0, "local")
         local = sch.cache_write(y1, 0, "local")
@@ -99,3 +124,4 @@ class DecodeA8:
         sch.decompose_reduction(y1, g)
         if config.intrinsic:
             sch.tensorize(a_lane, intrin)
+        return True

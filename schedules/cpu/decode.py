@@ -7,7 +7,7 @@ compute the rule schedules, so the compute and its schedule are chosen together.
 import dataclasses
 
 from lowbit.compiler import kernels
-from lowbit.compiler.tvm_api import Schedule
+from lowbit.compiler.tvm_api import Schedule, tirx
 
 
 def _block_names(func):
@@ -64,10 +64,14 @@ class DecodeAccumulate:
         m, n, g, p = sch.get_loops(y1)
         partials = int(_acc_shape(sch, acc)[3])
         nt, lane = sch.split(n, [None, lanes])
-        if config.m_tile == 1:
+        if config.m_tile == 1 and isinstance(sch.get(m).extent, tirx.IntImm):
             sch.reorder(m, nt, g, p, lane)
             outer = sch.fuse(m, nt)
             rows, depth = None, 2
+        elif config.m_tile == 1:
+            # symbolic M: fusing int64 M with the int32 tile loop leaves casts that break decompose_reduction
+            sch.reorder(nt, m, g, p, lane)
+            outer, rows, depth = nt, None, 3
         else:
             mo, rows = sch.split(m, [None, config.m_tile])
             sch.reorder(nt, mo, g, p, rows, lane)

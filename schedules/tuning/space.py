@@ -1,0 +1,132 @@
+"""The tunable space of each CPU schedule rule, and how a tuning record is matched to a layer.
+
+A candidate is ``(rule, config)``: a rule object and one of its frozen config dataclasses. Spaces are
+small and listed exhaustively (the cost model ranks them, the tuner measures the best-ranked):
+
+- ``decode_a8`` (:class:`~lowbit.schedules.cpu.a8.DecodeA8`): the register block ``m_tile`` in {1, 2, 4, 6, 8,
+  12, 16} (at most the bucket's largest M) x ``n_tile`` in {1, 2, 4} (dividing the layer's column tiles); the
+  loop order inside the block, ``rows_outer`` (only where both tiles exceed 1: else both orders are one);
+  ``unroll_words`` (only where a group has more than one word). At most 66 candidates per bucket (6 at
+  M = 1); the intrinsic is always used (without it the kernel is the slow reference).
+- ``decode_accumulate``: ``partials`` in {1, 2, 4, 8} dividing the codes per word (0 stands for one per code
+  slot, the rule's default), ``m_tile`` in {1, 2, 4}, at most the bucket's largest M.
+- ``decode_dequant_tile``: ``m_tile`` in {2, 4, 6, 8} (at most the bucket's largest M), ``n_vectors`` in
+  {1, 2, 3}.
+
+A record applies to a layer when its workload has the layer's N, K, bucket and kernel family, and its format
+has the layer's kernel layout (code storage bits, group size, decode kind): the kernel code is then the
+same (``w4g128`` and ``w4g128s`` share one, as do ``nf4g64`` and ``fp4g64`` under ``decode``).
+"""
+import dataclasses
+import functools
+import warnings
+
+from lowbit.schedules.cpu import a8, decode
+from lowbit.schedules.tuning.records import best_record
+
+# rule name -> (rule class, config class)
+RULES = {
+    "decode_a8": (a8.DecodeA8, a8.A8Config),
+    "decode_accumulate": (decode.DecodeAccumulate, decode.AccumulateConfig),
+    "decode_dequant_tile": (decode.DecodeDequantTile, decode.DequantTileConfig),
+}
+A8_M_TILES = (1, 2, 4, 6, 8, 12, 16)
+A8_N_TILES = (1, 2, 4)
+ACCUMULATE_PARTIALS = (1, 2, 4, 8)
+ACCUMULATE_M_TILES = (1, 2, 4)
+DEQUANT_M_TILES = (2, 4, 6, 8)
+DEQUANT_N_VECTORS = (1, 2, 3)
+
+
+def kernel_of(layout):
+    """The kernel family a layout belongs to: ``a8`` or ``decode``."""
+    return "a8" if layout.decode == "a8" else "decode"
+
+
+def _fits(bucket, m_tile):
+    return bucket.hi is None or m_tile <= bucket.hi
+
+
+def space(layout, bucket):
+    """Every candidate ``(rule, config)`` for one layer layout and M bucket, in a fixed order."""
+    if layout.decode == "a8":
+        return _a8_space(layout, bucket)
+    accumulate, dequant = decode.DecodeAccumulate(), decode.DequantTileConfig
+    per_word = layout.codes_per_word
+    partials = [0] + [p for p in ACCUMULATE_PARTIALS if per_word % p == 0 and p != per_word]
+    candidates = [(accumulate, decode.AccumulateConfig(partials=p, m_tile=m))
+                  for m in ACCUMULATE_M_TILES if _fits(bucket, m) for p in partials]
+    tile = decode.DecodeDequantTile()
+    candidates += [(tile, dequant(m_tile=m, n_vectors=v))
+                   for m in DEQUANT_M_TILES if _fits(bucket, m) for v in DEQUANT_N_VECTORS]
+    return candidates
+
+
+def _a8_space(layout, bucket):
+    rule, candidates = a8.DecodeA8(), []
+    unrolls = (False, True) if layout.words_per_group > 1 else (False,)
+    for m in (m for m in A8_M_TILES if _fits(bucket, m)):
+        for n in (n for n in A8_N_TILES if layout.n_tiles % n == 0):
+            orders = (False, True) if m > 1 and n > 1 else (False,)
+            candidates += [(rule, a8.A8Config(m_tile=m, n_tile=n, rows_outer=order, unroll_words=unroll))
+                           for order in orders for unroll in unrolls]
+    return candidates
+
+
+def config_from_record(record):
+    """``(rule, config)`` rebuilt from a record's ``rule`` and ``config``; ValueError when unknown."""
+    if record["rule"] not in RULES:
+        raise ValueError(f"unknown schedule rule {record['rule']!r} (known: {', '.join(RULES)})")
+    rule_cls, config_cls = RULES[record["rule"]]
+    names = {field.name for field in dataclasses.fields(config_cls)}
+    unknown = sorted(set(record["config"]) - names)
+    if unknown:
+        raise ValueError(f"rule {record['rule']!r} has no knobs {unknown} (it has {sorted(names)})")
+    return rule_cls(), config_cls(**record["config"])
+
+
+@functools.lru_cache(maxsize=256)
+def layout_key(format_name, kernel, K):
+    """(code storage bits, group size, decode kind) of a format under a kernel family: equal keys, same code."""
+    from lowbit.compiler.formats import parse_format
+    from lowbit.compiler.intrinsics.x86_dot import storage_bits
+
+    fmt = parse_format(format_name)
+    if kernel == "a8":
+        return storage_bits(fmt.bits), fmt.group_size or K, "a8"
+    return fmt.bits, fmt.group_size or K, "codebook" if fmt.kind == "codebook" else "affine"
+
+
+def record_fits(record, layout, bucket):
+    """Whether a record's workload names this layer's kernel (see the module docstring)."""
+    workload = record["workload"]
+    if (workload["N"], workload["K"], workload["bucket"], workload["kernel"]) != \
+            (layout.N, layout.K, bucket.key, kernel_of(layout)):
+        return False
+    return layout_key(workload["format"], workload["kernel"], layout.K) == \
+        (layout.bits, layout.group_size, layout.decode)
+
+
+def tuned_plan(database, layout, bucket, default_rule, default_config):
+    """``(rule, config)`` of the best record for a layer's bucket that beats the default, or None.
+
+    A record whose format does not parse, or whose rule or knobs this lowbit does not know, is ignored with
+    a warning (and the default plan stays).
+    """
+    fitting = []
+    for record in database.records:
+        try:
+            if record_fits(record, layout, bucket):
+                fitting.append(record)
+        except ValueError as err:  # FormatError is a ValueError
+            warnings.warn(f"{database.path}: ignored a record of format {record['workload']['format']!r}: {err}",
+                          stacklevel=2)
+    record = best_record(fitting, default_rule.name, dataclasses.asdict(default_config))
+    if record is None:
+        return None
+    try:
+        return config_from_record(record)
+    except (ValueError, TypeError) as err:
+        warnings.warn(f"{database.path}: the best record for {bucket.key} of an {layout.N}x{layout.K} layer is "
+                      f"unusable ({err}): using the default schedule", stacklevel=2)
+        return None
