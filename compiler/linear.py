@@ -8,15 +8,15 @@ import dataclasses
 import numpy as np
 
 from lowbit.compiler import dispatch
-from lowbit.compiler.intrinsics import x86_dot
-from lowbit.compiler.layout import relayout, relayout_a8
+from lowbit.compiler.intrinsics import x86_dot, x86_lut
+from lowbit.compiler.layout import LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
 from lowbit.errors import KernelError
-from lowbit.schedules.cpu import a8, decode
+from lowbit.schedules.cpu import a8, decode, lut
 
 KERNELS = ("auto", "decode", "a8", "lut")
-IMPLEMENTED = ("auto", "decode", "a8")
+IMPLEMENTED = KERNELS
 
 
 def check_kernel(kernel):
@@ -50,6 +50,11 @@ def choose_kernel(qw, target, kernel):
     every M on AVX-512 VNNI. ``decode`` keeps activations exact in float32.
     """
     check_kernel(kernel)
+    if kernel == "lut":
+        reason = lut_unsupported(qw, LutParams())
+        if reason is not None:
+            raise KernelError(f"kernel 'lut' cannot run {qw.format.name}: {reason}")
+        return "lut"
     reason = a8_unsupported(qw, target)
     if kernel == "a8" and reason is not None:
         raise KernelError(f"kernel 'a8' cannot run {qw.format.name} here: {reason}")
@@ -58,11 +63,23 @@ def choose_kernel(qw, target, kernel):
     return "decode"
 
 
-def prepare_layer(qw, bias, target, kernel="auto"):
-    """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
+def lut_vector_bytes(target):
+    """Weight bytes per lookup vector on ``target``: its byte shuffle's width, or the portable kernel's."""
+    isa = x86_lut.isa_for(target.features)
+    return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
+
+
+def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams()):
+    """Choose the kernel family and re-lay the weights for it: returns (kernel, layout, arrays)."""
     chosen = choose_kernel(qw, target, kernel)
-    relay = relayout_a8 if chosen == "a8" else relayout
-    layout, arrays = relay(qw, target.vector_lanes)
+    if chosen == "lut":
+        reason = lut_unsupported(qw, lut_params)
+        if reason is not None:
+            raise KernelError(f"kernel 'lut' cannot run {qw.format.name} with {lut_params}: {reason}")
+        layout, arrays = relayout_lut(qw, lut_vector_bytes(target), lut_params)
+    else:
+        relay = relayout_a8 if chosen == "a8" else relayout
+        layout, arrays = relay(qw, target.vector_lanes)
     if bias is not None:
         arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
     return chosen, layout, arrays
@@ -76,6 +93,9 @@ def default_plan(layout, bucket):
     running a register-tiled GEMM over all rows wins (M=4: 2.9 ms vs 3.9 ms). The a8 kernel shares each
     decoded word across 8 rows from M=9 on (M=128: 12.7 ms with 8 rows vs 16.2 ms with 4).
     """
+    if layout.decode == "lut":
+        portable = layout.vector_bytes == x86_lut.PORTABLE_BYTES
+        return lut.LutLookup(), lut.LutConfig(lookup="gather" if portable else "shuffle")
     if layout.decode == "a8":
         m_tile = 1 if bucket.hi == 1 else 4 if bucket.hi is not None and bucket.hi <= 8 else 8
         return a8.DecodeA8(), a8.A8Config(m_tile=m_tile)
@@ -159,7 +179,8 @@ class CompiledLinear:
         return y.numpy()
 
 
-def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS):
+def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS,
+                 lut_params=LutParams()):
     """Compile one quantized linear layer for ``target`` (default: this CPU).
 
     Parameters
@@ -169,12 +190,14 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     bias : np.ndarray of shape (N,), optional
     target : None, "cpu", dict or TargetInfo
     kernel : {"auto", "decode", "a8", "lut"}
+    lut_params : LutParams
+        Table group ``g`` and table precision of the ``lut`` kernels.
     """
     info = resolve_target(target)
-    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel)
+    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel, lut_params)
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info)
+    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info, buckets=buckets)
     lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
     return CompiledLinear(chosen, layout, arrays, lib["mpgemm"], plans, lib)

@@ -1,0 +1,98 @@
+"""Table lookup through the x86 byte shuffle: ``C[s, i] += T[nibble s of W[i]]`` for one vector of weights.
+
+One intrinsic call consumes one vector of ``lanes`` weight bytes (64 on AVX-512BW, 32 on AVX2). Each byte
+holds two 4-bit table indices, one per nibble (nibble ``s`` = bits ``[4s, 4s+4)``), and both are looked up in
+the same 16-entry int8 table; the results are sign-extended and added to two rows of int16 accumulators.
+``vpshufb`` looks up 16 byte indices per 128-bit lane in that lane's own 16-byte table (Intel SDM, PSHUFB:
+"the shuffle mask ... selects a byte within the same 128-bit lane"), so the table is broadcast to every
+lane once and one instruction performs ``lanes`` lookups:
+
+- ``avx512bw``: ``vpshufb zmm`` (``llvm.x86.avx512.pshuf.b.512``), 64 lookups per instruction.
+- ``avx2``: ``vpshufb ymm`` (``llvm.x86.avx2.pshuf.b``), 32 lookups per instruction.
+
+The description is the reference lookup written as a one-hot select sum over the 16 table entries
+(:func:`lookup_term`, the same expression the kernel's compute uses): ``sch.tensorize`` matches it
+structurally, which a direct gather ``T[index]`` would not. Its accumulator is a ``local`` (register) buffer.
+"""
+import functools
+
+from lowbit.compiler.tvm_api import T, s_tir, tirx
+
+ISAS = ("avx512bw", "avx2")
+VECTOR_BYTES = {"avx512bw": 64, "avx2": 32}
+PORTABLE_BYTES = 16  # the portable (gather, no tensorize) kernel's vector of weight bytes
+ENTRIES = 16  # table entries one byte shuffle addresses: 4-bit indices
+_SHUFFLE = {"avx512bw": "llvm.x86.avx512.pshuf.b.512", "avx2": "llvm.x86.avx2.pshuf.b"}
+
+
+def isa_for(features):
+    """The byte-shuffle ISA among the given LLVM features (``avx512bw``, ``avx2``), or None (portable)."""
+    if {"avx512f", "avx512bw"} <= features:
+        return "avx512bw"
+    if "avx2" in features:
+        return "avx2"
+    return None
+
+
+def intrin_name(isa):
+    """The registered name of the lookup intrinsic on ``isa`` (one place derives it)."""
+    return f"lowbit_lut_{VECTOR_BYTES[isa]}x2x{ENTRIES}_{isa}"
+
+
+def nibble(word, which):
+    """Table index in nibble ``which`` (0: low, 1: high) of a weight byte, as int32."""
+    return (word.astype("int32") >> (which * 4)) & (ENTRIES - 1)
+
+
+def lookup_term(word, which, entry, value):
+    """The reference lookup as one term of a one-hot sum: ``value`` (table entry ``entry``) as int16 when
+    nibble ``which`` of ``word`` selects ``entry``, else 0. Summed over the 16 entries it is ``T[index]``."""
+    return tirx.Select(nibble(word, which) == entry, value.astype("int16"), tirx.const(0, "int16"))
+
+
+def _description(lanes):
+    @T.prim_func(s_tir=True)
+    def desc(W: T.Buffer((lanes,), "uint8", offset_factor=1), Tb: T.Buffer((ENTRIES,), "int8", offset_factor=1),
+             C: T.Buffer((2, lanes), "int16", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:lanes], W[0:lanes], Tb[0:ENTRIES])
+            T.writes(C[0:2, 0:lanes])
+            for s, i, e in T.grid(2, lanes, ENTRIES):
+                with T.sblock("update"):
+                    vs, vi, ve = T.axis.remap("SSR", [s, i, e])
+                    C[vs, vi] = C[vs, vi] + lookup_term(W[vi], vs, ve, Tb[ve])
+
+    return desc
+
+
+def _implementation(isa):
+    lanes = VECTOR_BYTES[isa]
+    u8, i8, i16 = f"uint8x{lanes}", f"int8x{lanes}", f"int16x{lanes}"
+    shuffle = _SHUFFLE[isa]
+
+    @T.prim_func(s_tir=True)
+    def impl(W: T.Buffer((lanes,), "uint8", offset_factor=1), Tb: T.Buffer((ENTRIES,), "int8", offset_factor=1),
+             C: T.Buffer((2, lanes), "int16", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:lanes], W[0:lanes], Tb[0:ENTRIES])
+            T.writes(C[0:2, 0:lanes])
+            # the 16-entry table in every 128-bit lane (a vbroadcasti32x4 / vbroadcasti128)
+            table = T.Shuffle([Tb.vload([0], f"int8x{ENTRIES}")] * (lanes // ENTRIES), list(range(lanes)))
+            word = W.vload([0], u8)
+            for s in T.unroll(2):
+                index = T.reinterpret(T.bitwise_and(T.shift_right(word, T.broadcast(T.Cast("uint8", s * 4), lanes)),
+                                                    T.broadcast(T.uint8(ENTRIES - 1), lanes)), dtype=i8)
+                found = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(shuffle), table, index, dtype=i8)
+                C[s, T.ramp(0, 1, lanes)] = C.vload([s, 0], dtype=i16) + T.Cast(i16, found)
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register(isa):
+    """Register (once) the lookup intrinsic for ``isa``; returns its name."""
+    if isa not in ISAS:
+        raise ValueError(f"no lookup intrinsic for {isa!r}: choose one of {', '.join(ISAS)}")
+    name = intrin_name(isa)
+    s_tir.TensorIntrin.register(name, _description(VECTOR_BYTES[isa]), _implementation(isa), override=True)
+    return name
