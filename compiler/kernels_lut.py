@@ -17,14 +17,17 @@ Per row of X and table group ``t`` (``TG`` consecutive k, see :class:`lowbit.com
 4. For every ``lanes`` output rows: one lookup per (chunk, bit plane, table byte) into int16 sums
    (``ACC``), then per table group: planes combined with shifts, bytes with 256, one float scale per group::
 
-       y[m, n] += S[n, G] * ts[m, t] * sum_{byte, b} 256^byte * 2^b * ACC  +  SO[n, G] * xs[m, t] * sum_k xq
+       y[m, n] += S[n, G] * (ts[m, t] / 2 * sum_{byte, b} 256^byte * 2^b * ACC
+                             + ((2^bits - 1) / 2 - Z[n, G]) * xs[m, t] * sum_k xq)
+
+   (a codebook has no activation-sum term, and no halving: ``y += S * ts * sum ACC``).
 
 The tables are computed once per row and table group, before the loop over N, and shared by every row tile.
 The lookup is :func:`lowbit.compiler.intrinsics.x86_lut.lookup_term` (one-hot select over 16 entries), which
 the schedule tensorizes with ``vpshufb``; ``lookup="gather"`` indexes the table directly (portable kernel).
 :func:`reference` is the NumPy truth of the whole kernel.
 
-Params, in order: ``X, W, S, SO | LV, [B], Y`` (layout: :func:`lowbit.compiler.layout.relayout_lut`).
+Params, in order: ``X, W, S, [Z | LV], [B], Y`` (layout: :func:`lowbit.compiler.layout.relayout_lut`).
 """
 import types
 
@@ -71,7 +74,8 @@ def _split_byte(value, byte):
 
 
 def _tables(xq, amax, layout, M, LV):
-    """(TQ int8 (M, TGn, C, bytes, 16), TS float32 (M, TGn): the scale of one table unit)."""
+    """(TQ int8 (M, TGn, C, bytes, 16), TS float32 (M, TGn): the value of one table unit, halved for the
+    bit-serial tables (each bit counts as +-1 in them, so a bit's sum is half the table's))."""
     inverse_127 = tirx.const(1.0 / INT8_MAX, F32)
     shape = (M, layout.n_table_groups, layout.chunks, layout.table_bytes, ENTRIES)
     if layout.kind == "uniform":
@@ -86,12 +90,12 @@ def _tables(xq, amax, layout, M, LV):
                 inverse = tirx.const(INT8_MAX, F32) / unit(m, t)
                 return tirx.round(_full_entry(H, layout, m, t, c, e).astype(F32) * inverse).astype("int8")
 
-            scale = lambda m, t: amax[m, t] * inverse_127 * unit(m, t) * inverse_127  # noqa: E731
+            scale = lambda m, t: amax[m, t] * inverse_127 * unit(m, t) * tirx.const(0.5 / INT8_MAX, F32)  # noqa: E731
         else:
             def entry(m, t, c, b, e):
                 return _split_byte(_full_entry(H, layout, m, t, c, e), b).astype("int8")
 
-            scale = lambda m, t: amax[m, t] * inverse_127  # noqa: E731
+            scale = lambda m, t: amax[m, t] * tirx.const(0.5 / INT8_MAX, F32)  # noqa: E731
     else:
         multiplier = 1.0 if layout.params.table_bits == 8 else 256.0
 
@@ -129,8 +133,11 @@ def lut_compute(layout, M, has_bias, lookup="select"):
     X = te.placeholder((M, layout.K), F32, name="X")
     W = te.placeholder((layout.n_tiles, layout.n_table_groups, layout.chunks, layout.planes, VB), "uint8", name="W")
     S = te.placeholder((layout.n_tiles, layout.n_groups, R), F32, name="S")
-    third = te.placeholder((layout.n_tiles, layout.n_groups, R), F32, name="SO") if layout.kind == "uniform" \
-        else te.placeholder((ENTRIES,), F32, name="LV")
+    third = None
+    if layout.has_zeros:
+        third = te.placeholder((layout.n_tiles, layout.n_groups, R), "uint8", name="Z")
+    elif layout.kind == "codebook":
+        third = te.placeholder((ENTRIES,), F32, name="LV")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     Xp = te.compute((M, layout.n_table_groups, TG), lambda m, t, k: X[m, t * TG + k], name="Xp")
     amax, xq, xsum = quantize_activations(Xp, M, types.SimpleNamespace(n_groups=layout.n_table_groups,
@@ -152,10 +159,16 @@ def lut_compute(layout, M, has_bias, lookup="select"):
         XO = te.compute((M, layout.n_table_groups), lambda m, g: amax[m, g] * tirx.const(1.0 / INT8_MAX, F32)
                         * xsum[m, g].astype(F32), name="XO")
 
+        center = (2 ** layout.bits - 1) / 2
+
+        def offset(nt, lane):
+            if third is None:
+                return tirx.const(center - layout.fixed_zero, F32)
+            return tirx.const(center, F32) - third[nt, t // per_scale, lane].astype(F32)
+
         def group_term(m, nt, s, i):
             lane = s * VB + i
-            return S[nt, t // per_scale, lane] * TS[m, t] * combined(m, nt, s, i) \
-                + third[nt, t // per_scale, lane] * XO[m, t]
+            return S[nt, t // per_scale, lane] * (TS[m, t] * combined(m, nt, s, i) + offset(nt, lane) * XO[m, t])
     else:
         def group_term(m, nt, s, i):
             return S[nt, t // per_scale, s * VB + i] * TS[m, t] * combined(m, nt, s, i)
@@ -168,7 +181,7 @@ def lut_compute(layout, M, has_bias, lookup="select"):
         return value + B[n] if B is not None else value
 
     Y = te.compute((M, layout.N), output, name="Y")
-    func = te.create_prim_func([X, W, S, third] + ([B] if B is not None else []) + [Y])
+    func = te.create_prim_func([X, W, S] + [a for a in (third, B) if a is not None] + [Y])
     return func.with_attr("lowbit.lut_lookup", lookup)
 
 

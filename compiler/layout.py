@@ -198,7 +198,13 @@ class LutLayout(_RowTiles):
     lanes: int
     kind: str  # "uniform" (uniform and ternary: bit planes) or "codebook" (whole 4-bit codes)
     params: LutParams
+    fixed_zero: object = None  # uniform formats without stored zero points: their zero (ternary 1, wNs 2**(b-1))
     decode: str = "lut"
+
+    @property
+    def has_zeros(self):
+        """Whether the layout carries a uint8 zero point per row and group (``Z``)."""
+        return self.kind == "uniform" and self.fixed_zero is None
 
     @property
     def vector_bytes(self):
@@ -235,13 +241,15 @@ class LutLayout(_RowTiles):
 
     @property
     def packed_bytes(self):
-        """Bytes the kernel reads for weights: index bytes, scales (and scale x offset) per row tile."""
+        """Bytes the kernel reads for weights: index bytes, float32 scales (and uint8 zero points) per group."""
         words = self.n_tiles * self.n_table_groups * self.chunks * self.planes * self.vector_bytes
-        per_group = self.n_tiles * self.n_groups * self.lanes * 4 * (2 if self.kind == "uniform" else 1)
+        per_group = self.n_tiles * self.n_groups * self.lanes * (5 if self.has_zeros else 4)
         return words + per_group
 
     def arg_names(self):
-        return ["W", "S", "SO"] if self.kind == "uniform" else ["W", "S", "LV"]
+        if self.kind == "codebook":
+            return ["W", "S", "LV"]
+        return ["W", "S", "Z"] if self.has_zeros else ["W", "S"]
 
 
 def lut_unsupported(qw, params):
@@ -265,16 +273,17 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
     - ``W`` uint8 ``(NT, TGn, C, planes, vector_bytes)``: byte ``i`` holds the table index of row
       ``nt*lanes + i`` (low nibble) and ``nt*lanes + vector_bytes + i`` (high nibble). Bit-serial index of plane
       ``b`` and chunk ``c``: ``sum_j bit_b(q[k = c*g + j]) << j``; a codebook index is the code.
-    - ``S`` float32 ``(NT, Gn, lanes)``: uniform: ``scale / 2`` (the symmetric tables count every bit as
-      +-1); codebook: ``scale * max|level|``.
-    - ``SO`` float32 (uniform): ``scale * ((2**bits - 1) / 2 - zero)``, the activation-sum term;
+    - ``S`` float32 ``(NT, Gn, lanes)``: uniform: the scale; codebook: ``scale * max|level|``.
+    - ``Z`` uint8 ``(NT, Gn, lanes)``: zero points (uniform formats that store them; for ternary and
+      symmetric formats the zero is a constant of the layout, ``fixed_zero``);
       ``LV`` float32 ``(16,)`` (codebook): levels divided by their largest magnitude.
     """
     fmt = qw.format
     N, K = qw.codes.shape
     kind = "codebook" if fmt.kind == "codebook" else "uniform"
+    fixed_zero = None if kind == "codebook" or fmt.has_zeros else int(qw.affine_zeros().flat[0])
     layout = LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
-                       kind=kind, params=params)
+                       kind=kind, params=params, fixed_zero=fixed_zero)
     reason = lut_unsupported(qw, params)
     if reason is not None:
         raise KernelError(f"kernel 'lut' cannot run {fmt.name}: {reason}")
@@ -289,9 +298,9 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
     scales = qw.scales.astype(np.float64)
     arrays = {"W": np.ascontiguousarray(low | (high << 4))}
     if kind == "uniform":
-        offset = (2 ** fmt.bits - 1) / 2 - qw.affine_zeros()
-        arrays["S"] = _interleave_rows((scales / 2).astype(np.float32), layout)
-        arrays["SO"] = _interleave_rows((scales * offset).astype(np.float32), layout)
+        arrays["S"] = _interleave_rows(scales.astype(np.float32), layout)
+        if layout.has_zeros:
+            arrays["Z"] = _interleave_rows(qw.zeros.astype(np.uint8), layout)
     else:
         levels = np.asarray(fmt.levels, np.float64)
         peak = np.abs(levels).max()
