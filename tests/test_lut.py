@@ -137,3 +137,28 @@ def test_formats_without_planes_or_with_odd_groups_are_clear_errors():
         build_linear(quantize(_weight(4), "w2g6"), target=HOST, kernel="lut")
     with pytest.raises(ValueError, match="use group 2 or 4"):
         LutParams(group=3)
+
+
+def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):
+    """kernel="lut" through the pipeline: the artifact's layers say lut, the runtime-only load gives the
+    in-process output, and that output is the float model's up to the int8 activation and table rounding."""
+    import lowbit
+    import lowbit.runtime
+    from lowbit.compiler.graph import Activation, QuantizedLinear, Sequential
+
+    rng = np.random.default_rng(9)
+    first = quantize(rng.standard_normal((96, 128)), "ternary")
+    second = quantize(rng.standard_normal((48, 96)), "nf4g32")
+    bias = rng.standard_normal(96).astype(np.float32)
+    model = Sequential([QuantizedLinear(first, bias, "fc1"), Activation("relu"), QuantizedLinear(second, None, "fc2")])
+    compiled = lowbit.compile(model, target="cpu", kernel="lut")
+    assert [layer["kernel"] for layer in compiled.manifest["layers"]] == ["lut", "lut"]
+    path = str(tmp_path / "mlp.lowbit")
+    compiled.save(path)
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    y = compiled(x)
+    np.testing.assert_array_equal(lowbit.runtime.load(path)(x), y)
+    hidden = np.maximum(x.astype(np.float64) @ first.dequantize().T + bias, 0)
+    exact = hidden @ second.dequantize().T
+    relative = np.linalg.norm(y - exact) / np.linalg.norm(exact)
+    assert relative < 0.03, relative
