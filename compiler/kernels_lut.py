@@ -235,17 +235,27 @@ def reference(qw, x, params, magnitude=False):
     layout, arrays = relayout_lut(qw, 8, params)
     tq, ts, xo = tables_reference(x, layout, arrays.get("LV"))
     scales, offsets = _group_factors(qw, layout)
-    total = np.zeros((x.shape[0], layout.N, layout.n_table_groups))
-    by_byte = np.moveaxis(tq, 3, 0)  # (bytes, M, TGn, C, 16)
-    t_idx, c_idx = np.indices((layout.n_table_groups, layout.chunks))
-    for b, index in enumerate(_indices(qw, layout)):
-        looked = by_byte[:, :, t_idx, c_idx, index].sum(axis=-1)  # (bytes, M, N, TGn)
-        total += (2.0 ** b) * np.tensordot(256.0 ** np.arange(layout.table_bytes), looked, axes=1)
+    total = _lookup_sums(tq, _indices(qw, layout), layout)
     terms = [scales[None] * ts[:, None] * total]
     if offsets is not None:
         terms.append(offsets[None] * xo[:, None])
     y = sum(terms).sum(axis=2)
     return (y, sum(np.abs(term) for term in terms).sum(axis=2)) if magnitude else y
+
+
+def _lookup_sums(tq, indices, layout):
+    """``sum_{byte, b} 256^byte 2^b sum_c TQ[m, t, c, byte, index_b[n, t, c]]`` (M, N, TGn), as one matmul per
+    (plane, table group, byte) against the one-hot of the indices: memory stays O(N * C * 16) whatever M.
+    The sums are integers below 2**24, exact in float32."""
+    M, C = tq.shape[0], layout.chunks
+    total = np.zeros((M, layout.N, layout.n_table_groups))
+    for b, index in enumerate(indices):
+        for t in range(layout.n_table_groups):
+            one_hot = (index[:, t, :, None] == np.arange(ENTRIES)).astype(np.float32).reshape(layout.N, C * ENTRIES)
+            for byte in range(layout.table_bytes):
+                table = tq[:, t, :, byte, :].reshape(M, C * ENTRIES).astype(np.float32)
+                total[:, :, t] += 2.0 ** b * 256.0 ** byte * (table @ one_hot.T)
+    return total
 
 
 def table_rounding_bound(qw, x, params):
