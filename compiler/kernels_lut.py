@@ -73,42 +73,49 @@ def _split_byte(value, byte):
     return tirx.Select(byte == 1, high, value - high * 256)
 
 
+def _bit_serial_tables(xq, amax, layout, M):
+    """Bit-serial tables: ``entry(m, t, c, byte, e)`` (int8) and ``scale(m, t)`` (float32, the value of one
+    table unit, halved: each bit counts as +-1 in the tables, so a bit's sum is half the table's)."""
+    H = _half_tables(xq, layout, M)
+    half_unit = tirx.const(0.5 / INT8_MAX, F32)
+    if layout.params.table_bits == 16:
+        def exact(m, t, c, byte, e):
+            return _split_byte(_full_entry(H, layout, m, t, c, e), byte).astype("int8")
+
+        return exact, lambda m, t: amax[m, t] * half_unit
+    c2, h2 = te.reduce_axis((0, layout.chunks), name="c2"), te.reduce_axis((0, H.shape[3]), name="h2")
+    tmax = te.compute((M, layout.n_table_groups), lambda m, t: te.max(tirx.abs(H[m, t, c2, h2]), axis=[c2, h2]),
+                      name="TMAX")
+
+    def unit(m, t):  # the largest entry (at least 1: an all-zero group keeps zero entries)
+        return tirx.max(tmax[m, t], 1).astype(F32)
+
+    def rounded(m, t, c, byte, e):
+        inverse = tirx.const(INT8_MAX, F32) / unit(m, t)
+        return tirx.round(_full_entry(H, layout, m, t, c, e).astype(F32) * inverse).astype("int8")
+
+    return rounded, lambda m, t: amax[m, t] * tirx.const(1.0 / INT8_MAX, F32) * unit(m, t) * half_unit
+
+
+def _codebook_tables(xq, amax, layout, LV):
+    """Codebook tables ``levels[e] * xq[k]`` (in units of 1, or 1/256 with ``table_bits=16``): ``entry`` and
+    ``scale`` as :func:`_bit_serial_tables`."""
+    multiplier = 1.0 if layout.params.table_bits == 8 else 256.0
+
+    def entry(m, t, c, byte, e):
+        value = tirx.round(LV[e] * xq[m, t, c].astype(F32) * tirx.const(multiplier, F32)).astype("int32")
+        return (value if layout.params.table_bits == 8 else _split_byte(value, byte)).astype("int8")
+
+    return entry, lambda m, t: amax[m, t] * tirx.const(1.0 / INT8_MAX / multiplier, F32)
+
+
 def _tables(xq, amax, layout, M, LV):
-    """(TQ int8 (M, TGn, C, bytes, 16), TS float32 (M, TGn): the value of one table unit, halved for the
-    bit-serial tables (each bit counts as +-1 in them, so a bit's sum is half the table's))."""
-    inverse_127 = tirx.const(1.0 / INT8_MAX, F32)
-    shape = (M, layout.n_table_groups, layout.chunks, layout.table_bytes, ENTRIES)
+    """(TQ int8 (M, TGn, C, bytes, 16), TS float32 (M, TGn)): the tables and the value of one table unit."""
     if layout.kind == "uniform":
-        H = _half_tables(xq, layout, M)
-        if layout.params.table_bits == 8:
-            c2, h2 = te.reduce_axis((0, layout.chunks), name="c2"), te.reduce_axis((0, H.shape[3]), name="h2")
-            tmax = te.compute((M, layout.n_table_groups),
-                              lambda m, t: te.max(tirx.abs(H[m, t, c2, h2]), axis=[c2, h2]), name="TMAX")
-            unit = lambda m, t: tirx.max(tmax[m, t], 1).astype(F32)  # noqa: E731
-
-            def entry(m, t, c, b, e):
-                inverse = tirx.const(INT8_MAX, F32) / unit(m, t)
-                return tirx.round(_full_entry(H, layout, m, t, c, e).astype(F32) * inverse).astype("int8")
-
-            scale = lambda m, t: amax[m, t] * inverse_127 * unit(m, t) * tirx.const(0.5 / INT8_MAX, F32)  # noqa: E731
-        else:
-            def entry(m, t, c, b, e):
-                return _split_byte(_full_entry(H, layout, m, t, c, e), b).astype("int8")
-
-            scale = lambda m, t: amax[m, t] * tirx.const(0.5 / INT8_MAX, F32)  # noqa: E731
+        entry, scale = _bit_serial_tables(xq, amax, layout, M)
     else:
-        multiplier = 1.0 if layout.params.table_bits == 8 else 256.0
-
-        def product(m, t, c, e):
-            value = LV[e] * xq[m, t, c].astype(F32) * tirx.const(multiplier, F32)
-            return tirx.round(value).astype("int32")
-
-        if layout.params.table_bits == 8:
-            entry = lambda m, t, c, b, e: product(m, t, c, e).astype("int8")  # noqa: E731
-        else:
-            entry = lambda m, t, c, b, e: _split_byte(product(m, t, c, e), b).astype("int8")  # noqa: E731
-        scale = lambda m, t: amax[m, t] * tirx.const(1.0 / INT8_MAX / multiplier, F32)  # noqa: E731
-    TQ = te.compute(shape, entry, name="TQ")
+        entry, scale = _codebook_tables(xq, amax, layout, LV)
+    TQ = te.compute((M, layout.n_table_groups, layout.chunks, layout.table_bytes, ENTRIES), entry, name="TQ")
     TS = te.compute((M, layout.n_table_groups), scale, name="TS")
     return TQ, TS
 
