@@ -47,6 +47,8 @@ class LutLookup:
         names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if not {"ACC", "TQ", "Y1", "Y"} <= names:
             return None
+        if (config.lookup == "gather") != (func.attrs["lowbit.lut_lookup"] == "gather"):
+            return None  # a one-hot template needs a shuffle or select config, a gather one the gather config
         intrin = None
         if config.lookup == "shuffle":
             isa = x86_lut.isa_for(target.features)
