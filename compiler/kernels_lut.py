@@ -33,7 +33,7 @@ import types
 
 import numpy as np
 
-from lowbit.compiler.intrinsics.x86_lut import ENTRIES, lookup_term, nibble
+from lowbit.compiler.intrinsics.x86_lut import ENTRIES, lookup_term, nibble, paired_lookup_term
 from lowbit.compiler.kernels import F32
 from lowbit.compiler.kernels_a8 import INT8_MAX, quantize_activations, quantize_activations_reference
 from lowbit.compiler.layout import relayout_lut
@@ -121,24 +121,52 @@ def _tables(xq, amax, layout, M, LV):
 
 
 def _lookups(W, TQ, layout, M, lookup):
-    """``ACC[m, nt, t, byte, b, s, i]``: int16 sums over the chunks of table group ``t`` of the entries that
-    the indices of rows ``nt*lanes + s*lanes/2 + i`` select (``lookup``: "select" (the one-hot sum the
-    intrinsic matches) or "gather" (a direct index, the portable kernel))."""
-    shape = (M, layout.n_tiles, layout.n_table_groups, layout.table_bytes, layout.planes, 2, layout.vector_bytes)
+    """``ACC[m, nt, t, byte, b, *rows]``: int16 sums over the chunks of table group ``t`` of the entries the
+    indices of a tile's rows select (``rows``: :attr:`LutLayout.row_shape`; ``b`` a plane, or a plane pair
+    whose lookups are weighted 1 and 2). ``lookup``: "select" (the one-hot sum the intrinsic matches) or
+    "gather" (a direct index, the portable kernel)."""
+    groups = layout.planes // 2 if layout.paired else layout.planes
+    shape = (M, layout.n_tiles, layout.n_table_groups, layout.table_bytes, groups) + layout.row_shape
     c = te.reduce_axis((0, layout.chunks), name="c")
-    if lookup == "gather":
-        return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
-            TQ[m, t, c, byte, nibble(W[nt, t, c, b, i], s)].astype("int16"), axis=c), name="ACC")
     e = te.reduce_axis((0, ENTRIES), name="e")
-    return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
-        lookup_term(W[nt, t, c, b, i], s, e, TQ[m, t, c, byte, e]), axis=[c, e]), name="ACC")
+    if not layout.paired:
+        if lookup == "gather":
+            return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
+                TQ[m, t, c, byte, nibble(W[nt, t, c, b, i], s)].astype("int16"), axis=c), name="ACC")
+        return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
+            lookup_term(W[nt, t, c, b, i], s, e, TQ[m, t, c, byte, e]), axis=[c, e]), name="ACC")
+    p = te.reduce_axis((0, 2), name="p")
+    if lookup == "gather":
+        return te.compute(shape, lambda m, nt, t, byte, q, v, s, j: te.sum(
+            TQ[m, t, c, byte, nibble(W[nt, t, c, q, v, j * 2 + p], s)].astype("int16") * (p + 1).astype("int16"),
+            axis=[c, p]), name="ACC")
+    return te.compute(shape, lambda m, nt, t, byte, q, v, s, j: te.sum(
+        paired_lookup_term(W[nt, t, c, q, v, j * 2 + p], s, e, TQ[m, t, c, byte, e], p), axis=[c, p, e]),
+        name="ACC")
+
+
+def _row_in_tile(layout, rows):
+    """Row of a tile (``0..lanes-1``) at the kernel's row coordinates ``rows``."""
+    if layout.paired:
+        v, s, j = rows
+        return v * layout.vector_bytes + s * (layout.vector_bytes // 2) + j
+    s, i = rows
+    return s * layout.vector_bytes + i
+
+
+def _rows_of(layout, n):
+    """The kernel's row coordinates of output row ``n`` (inverse of :func:`_row_in_tile`)."""
+    r, VB = n % layout.lanes, layout.vector_bytes
+    if layout.paired:
+        return [r // VB, (r % VB) // (VB // 2), r % (VB // 2)]
+    return [r // VB, r % VB]
 
 
 def lut_compute(layout, M, has_bias, lookup="select"):
     """The ``lut`` template for ``M`` rows (int or Var)."""
-    VB, R, TG = layout.vector_bytes, layout.lanes, layout.table_group
+    R, TG = layout.lanes, layout.table_group
     X = te.placeholder((M, layout.K), F32, name="X")
-    W = te.placeholder((layout.n_tiles, layout.n_table_groups, layout.chunks, layout.planes, VB), "uint8", name="W")
+    W = te.placeholder(layout.weight_shape, "uint8", name="W")
     S = te.placeholder((layout.n_tiles, layout.n_groups, R), F32, name="S")
     third = None
     if layout.has_zeros:
@@ -153,12 +181,13 @@ def lut_compute(layout, M, has_bias, lookup="select"):
     acc = _lookups(W, TQ, layout, M, lookup)
     t = te.reduce_axis((0, layout.n_table_groups), name="t")
     per_scale = layout.group_size // TG
+    step = 2 if layout.paired else 1  # plane bits per accumulator
 
-    def combined(m, nt, s, i):
+    def combined(m, nt, rows):
         total = None
         for byte in range(layout.table_bytes):
-            for b in range(layout.planes):
-                term = acc[m, nt, t, byte, b, s, i].astype("int32") * (1 << (b + 8 * byte))
+            for b in range(layout.planes // step):
+                term = acc[(m, nt, t, byte, b) + tuple(rows)].astype("int32") * (1 << (b * step + 8 * byte))
                 total = term if total is None else total + term
         return total.astype(F32)
 
@@ -173,23 +202,23 @@ def lut_compute(layout, M, has_bias, lookup="select"):
                 return tirx.const(center - layout.fixed_zero, F32)
             return tirx.const(center, F32) - third[nt, t // per_scale, lane].astype(F32)
 
-        def group_term(m, nt, s, i):
-            lane = s * VB + i
-            return S[nt, t // per_scale, lane] * (TS[m, t] * combined(m, nt, s, i) + offset(nt, lane) * XO[m, t])
+        def group_term(m, nt, *rows):
+            lane = _row_in_tile(layout, rows)
+            return S[nt, t // per_scale, lane] * (TS[m, t] * combined(m, nt, rows) + offset(nt, lane) * XO[m, t])
     else:
-        def group_term(m, nt, s, i):
-            return S[nt, t // per_scale, s * VB + i] * TS[m, t] * combined(m, nt, s, i)
+        def group_term(m, nt, *rows):
+            return S[nt, t // per_scale, _row_in_tile(layout, rows)] * TS[m, t] * combined(m, nt, rows)
 
-    Y1 = te.compute((M, layout.n_tiles, 2, VB), lambda m, nt, s, i: te.sum(group_term(m, nt, s, i), axis=t),
-                    name="Y1")
+    Y1 = te.compute((M, layout.n_tiles) + layout.row_shape,
+                    lambda m, nt, *rows: te.sum(group_term(m, nt, *rows), axis=t), name="Y1")
 
     def output(m, n):
-        value = Y1[m, n // R, (n % R) // VB, n % VB]
+        value = Y1[tuple([m, n // R] + _rows_of(layout, n))]
         return value + B[n] if B is not None else value
 
     Y = te.compute((M, layout.N), output, name="Y")
     func = te.create_prim_func([X, W, S] + [a for a in (third, B) if a is not None] + [Y])
-    return func.with_attr("lowbit.lut_lookup", lookup)
+    return func.with_attr("lowbit.lut_lookup", lookup).with_attr("lowbit.lut_vector_bytes", layout.vector_bytes)
 
 
 # ---- NumPy reference -----------------------------------------------------------------------------------

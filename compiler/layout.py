@@ -162,6 +162,7 @@ def _unpadded(layout):
 
 
 MAX_CHUNKS = 128  # lookups summed in int16 per table group: 128 * 128 (an int8 entry or a low byte) < 2**15
+MAX_PAIRED_CHUNKS = 64  # plane pairs add entry + 2 * entry per chunk: 64 * 3 * 128 < 2**15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,28 @@ class LutLayout(_RowTiles):
         """K-elements sharing one activation and table scale: the largest divisor of the weight group made
         of whole chunks with at most :data:`MAX_CHUNKS` chunks (so int16 lookup sums cannot overflow)."""
         G, c = self.group_size, self.per_chunk
-        return max(d for d in range(c, G + 1, c) if G % d == 0 and d // c <= MAX_CHUNKS)
+        most = MAX_PAIRED_CHUNKS if self.paired else MAX_CHUNKS
+        return max(d for d in range(c, G + 1, c) if G % d == 0 and d // c <= most)
+
+    @property
+    def paired(self):
+        """Bit planes stored in pairs (an even number of planes): the two planes of a row sit in adjacent
+        bytes, so ``vpmaddubsw`` with the bytes ``1, 2`` combines their lookups (plane weights) in int16."""
+        return self.kind == "uniform" and self.planes % 2 == 0
+
+    @property
+    def weight_shape(self):
+        """Shape of ``W``: ``(NT, TGn, C, planes, lanes/2)``, or paired ``(NT, TGn, C, planes/2, 2, lanes/2)``."""
+        head = (self.n_tiles, self.n_table_groups, self.chunks)
+        if self.paired:
+            return head + (self.planes // 2, 2, self.vector_bytes)
+        return head + (self.planes, self.vector_bytes)
+
+    @property
+    def row_shape(self):
+        """A tile's rows as the kernel indexes them: ``(nibble, byte)`` = (2, lanes/2), or paired
+        ``(vector, nibble, byte pair)`` = (2, 2, lanes/4)."""
+        return (2, 2, self.vector_bytes // 2) if self.paired else (2, self.vector_bytes)
 
     @property
     def chunks(self):
@@ -294,9 +316,8 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
     else:
         index = chunked
     index = _interleave_rows(index.astype(np.uint8), layout)  # (NT, TGn, C, planes, lanes)
-    low, high = index[..., :vector_bytes], index[..., vector_bytes:]
     scales = qw.scales.astype(np.float64)
-    arrays = {"W": np.ascontiguousarray(low | (high << 4))}
+    arrays = {"W": _index_bytes(index, layout)}
     if kind == "uniform":
         arrays["S"] = _interleave_rows(scales.astype(np.float32), layout)
         if layout.has_zeros:
@@ -307,3 +328,19 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
         arrays["S"] = _interleave_rows((scales * peak).astype(np.float32), layout)
         arrays["LV"] = (levels / peak).astype(np.float32)
     return layout, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+
+def _index_bytes(index, layout):
+    """Pack (NT, TGn, C, planes, lanes) table indices two to a byte, in :attr:`LutLayout.weight_shape`.
+
+    Unpaired: byte ``i`` holds rows ``i`` (low nibble) and ``lanes/2 + i`` (high). Paired: vector ``v`` of
+    plane pair ``q``, byte ``2j + p`` holds plane ``2q + p`` of rows ``v*lanes/2 + j`` (low nibble) and
+    ``v*lanes/2 + lanes/4 + j`` (high).
+    """
+    if not layout.paired:
+        low, high = np.split(index, 2, axis=-1)
+        return np.ascontiguousarray(low | (high << 4))
+    head = index.shape[:3]
+    rows = index.reshape(head + (layout.planes // 2, 2, 2, 2, layout.vector_bytes // 2))  # q, p, v, s, j
+    packed = rows[..., 0, :] | (rows[..., 1, :] << 4)  # q, p, v, j
+    return np.ascontiguousarray(np.moveaxis(packed, 4, 6).reshape(layout.weight_shape))

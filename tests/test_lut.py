@@ -89,7 +89,7 @@ def test_intrinsic_equals_its_description(isa):
     if x86_lut.isa_for(target.features) != isa:
         pytest.skip(f"host cannot run the {isa} path")
     rng = np.random.default_rng(3)
-    for name in ("w2g64", "nf4g64"):
+    for name in ("w2g64", "w3g128", "nf4g64"):  # plane pairs (vpmaddubsw), single planes, codebook codes
         qw = quantize(_weight(5), name)
         layout, arrays = relayout_lut(qw, x86_lut.VECTOR_BYTES[isa])
         inputs = [tensor(rng.standard_normal((3, K)).astype(np.float32))] + [tensor(a) for a in arrays.values()]
@@ -97,7 +97,7 @@ def test_intrinsic_equals_its_description(isa):
         for lookup in ("shuffle", "select"):
             rule, config = LutLookup(), LutConfig(lookup)
             sch = rule.apply(rule.template(layout, 3, False, config), target, config)
-            assert (x86_lut.intrin_name(isa) in str(sch.trace)) == (lookup == "shuffle")
+            assert (x86_lut.intrin_name(isa, layout.paired) in str(sch.trace)) == (lookup == "shuffle")
             y = tensor(np.zeros((3, N), np.float32))
             tvm.compile(sch.mod, target=target.tvm_target())["main"](*inputs, y)
             outs.append(y.numpy())

@@ -52,10 +52,10 @@ class LutLookup:
         intrin = None
         if config.lookup == "shuffle":
             isa = x86_lut.isa_for(target.features)
-            vector_bytes = int(sch.get(sch.get_sblock("ACC")).writes[0].source.shape[-1])
+            vector_bytes = int(func.attrs["lowbit.lut_vector_bytes"])
             if isa is None or x86_lut.VECTOR_BYTES[isa] != vector_bytes:
                 return None
-            intrin = x86_lut.register(isa)
+            intrin = x86_lut.register(isa, paired=len(sch.get_loops(sch.get_sblock("Y1"))) == 6)
         sch.compute_inline(sch.get_sblock("Xp"))
         for name in PRECOMPUTE:
             if name in names:
@@ -76,30 +76,32 @@ class LutLookup:
     @staticmethod
     def _schedule_lookups(sch, intrin, gather):
         y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
-        m, nt, s, i, t = sch.get_loops(y1)
-        sch.reorder(nt, m, t, s, i)
+        m, nt, *rows, t = sch.get_loops(y1)
+        sch.reorder(nt, m, t, *rows)
         outer = nt
-        sch.unroll(s)
-        sch.vectorize(i)
+        for loop in rows[:-1]:
+            sch.unroll(loop)
+        sch.vectorize(rows[-1])
         sch.parallel(outer)
         sch.compute_at(acc, t)
-        # compute_at regenerates ACC's loops under t as (byte, b, s, i, c[, e]), dropping unit extents
-        block = sch.get(acc)
-        extents = [int(iv.dom.extent) for iv in block.iter_vars[3:]]
-        names = ["byte", "b", "s", "i", "c"] + ([] if gather else ["e"])
+        # compute_at regenerates ACC's loops under t in block-iter order (spatial, then reduce), dropping
+        # unit extents; a paired layout has row loops (v, s, j) and a plane loop p, an unpaired one (s, i)
+        paired = len(rows) == 3
+        row_names = ["v", "s", "j"] if paired else ["s", "i"]
+        names = ["byte", "b"] + row_names + ["c"] + (["p"] if paired else []) + ([] if gather else ["e"])
+        extents = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]
         kept = [name for name, extent in zip(names, extents) if extent > 1]
         named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
-        order = [named[k] for k in ("c", "byte", "b", "s", "i", "e") if k in named]
+        order = [named[k] for k in ("c", "byte", "b", "v", "s", "i", "j", "p", "e") if k in named]
         sch.reorder(*order)
-        for k in ("byte", "b"):
+        for k in ("byte", "b", "v"):
             if k in named:
                 sch.unroll(named[k])
         sch.set_scope(acc, 0, "local")
         local = sch.cache_write(y1, 0, "local")
         sch.compute_inline(local)
         sch.reverse_compute_at(y, outer)
-        first = order[0]
-        init = sch.decompose_reduction(acc, first)
+        init = sch.decompose_reduction(acc, order[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.decompose_reduction(y1, t)
         if intrin is not None:
