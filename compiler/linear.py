@@ -43,10 +43,10 @@ def a8_unsupported(qw, target):
 
 
 def lut_preferred(qw, target):
-    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-bit and 4-bit codebook formats on
+    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit and 4-bit codebook formats on
     hosts with a byte shuffle (AVX2 / AVX-512BW), where it measured fastest at M=1 (docs/design.md)."""
     fmt = qw.format
-    wanted = fmt.kind == "ternary" or fmt.kind == "uniform" and fmt.bits == 1 or \
+    wanted = fmt.kind == "ternary" or fmt.kind == "uniform" and fmt.bits <= 2 or \
         fmt.kind == "codebook" and fmt.bits == 4
     return wanted and x86_lut.isa_for(target.features) is not None and lut_unsupported(qw, LutParams()) is None
 
@@ -54,9 +54,9 @@ def lut_preferred(qw, target):
 def choose_kernel(qw, target, kernel):
     """The kernel family for one layer: ``kernel`` itself, or for ``auto`` the fastest that applies.
 
-    ``auto`` picks ``lut`` where :func:`lut_preferred` says so (1.3x ``a8`` for ternary and 1-bit at M=1,
-    20-30x ``decode`` for nf4; slower than ``a8`` from M=16 on: one layout serves every M, and M=1 is the
-    DRAM-bound case it exists for), else ``a8`` (int8 activations, as onnxruntime's accuracy_level=4 and
+    ``auto`` picks ``lut`` where :func:`lut_preferred` says so (1.1-1.3x ``a8`` for ternary and 1-2 bits at
+    M=1, 10-35x ``decode`` for nf4; slower than ``a8`` from M=16 on: one layout serves every M, and M=1 is
+    the DRAM-bound case it exists for), else ``a8`` (int8 activations, as onnxruntime's accuracy_level=4 and
     llama.cpp do) wherever the host has integer dot products and the codes are integers: measured 1.5-3x
     faster than ``decode`` at every M on AVX-512 VNNI. ``decode`` keeps activations exact in float32.
     """

@@ -165,10 +165,10 @@ def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):
 
 
 @pytest.mark.parametrize("name,expected", [("ternary", "lut"), ("w1g64", "lut"), ("nf4g64", "lut"), ("fp4g32", "lut"),
-                                           ("w2g64", "a8"), ("w4g128", "a8"), ("w3g128", "a8")])
+                                           ("w2g64", "lut"), ("w4g128", "a8"), ("w3g128", "a8")])
 def test_auto_picks_lut_where_it_measured_fastest(name, expected):
-    """The choice of docs/design.md (measured at M=1): lut for ternary, 1-bit and 4-bit codebooks; a8 for
-    2-4 bits. Without a byte shuffle (no AVX2) auto never picks the portable lut."""
+    """The choice of docs/design.md (measured at M=1): lut for ternary, 1-2 bits and 4-bit codebooks; a8
+    for 3-8 bits. Without a byte shuffle (no AVX2) auto never picks the portable lut."""
     qw = quantize(_weight(8), name)
     if HOST_ISA is None or expected == "a8" and choose_kernel(qw, HOST, "auto") == "decode":
         pytest.skip("host lacks the instructions of the measured choice")
