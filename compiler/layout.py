@@ -18,9 +18,23 @@ import dataclasses
 
 import numpy as np
 
+from lowbit.errors import KernelError
+
+
+class _RowTiles:
+    """Counts shared by the layouts: K-groups of ``group_size`` and tiles of ``lanes`` output rows."""
+
+    @property
+    def n_groups(self):
+        return self.K // self.group_size
+
+    @property
+    def n_tiles(self):
+        return -(-self.N // self.lanes)
+
 
 @dataclasses.dataclass(frozen=True)
-class KernelLayout:
+class KernelLayout(_RowTiles):
     """Sizes of one layer's kernel layout; everything a kernel template needs besides M."""
 
     N: int
@@ -43,13 +57,6 @@ class KernelLayout:
         """Codes per group after padding the group to whole words."""
         return self.words_per_group * self.codes_per_word
 
-    @property
-    def n_groups(self):
-        return self.K // self.group_size
-
-    @property
-    def n_tiles(self):
-        return -(-self.N // self.lanes)
 
     @property
     def packed_bytes(self):
@@ -152,3 +159,188 @@ def relayout_a8(qw, lanes):
 def _unpadded(layout):
     """The layout whose groups are already whole words (for packing codes padded by the caller)."""
     return dataclasses.replace(layout, K=layout.n_groups * layout.padded_group, group_size=layout.padded_group)
+
+
+MAX_CHUNKS = 128  # lookups summed in int16 per table group: 128 * 128 (an int8 entry or a low byte) < 2**15
+MAX_PAIRED_CHUNKS = 64  # plane pairs add entry + 2 * entry per chunk: 64 * 3 * 128 < 2**15
+
+
+@dataclasses.dataclass(frozen=True)
+class LutParams:
+    """Knobs of the ``lut`` kernels that shape the weight layout.
+
+    group : activations per table (``g``): 4 (16-entry tables, the default) or 2 (4 used entries of 16).
+    table_bits : 8 (tables quantized to int8 with a scale per row and table group) or 16 (entries held
+        exactly in int16, looked up as a low-byte and a high-byte table).
+    """
+
+    group: int = 4
+    table_bits: int = 8
+
+    def __post_init__(self):
+        if self.group not in (2, 4) or self.table_bits not in (8, 16):
+            raise ValueError(f"lut group={self.group!r}, table_bits={self.table_bits!r}: use group 2 or 4 and "
+                             "table_bits 8 or 16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LutLayout(_RowTiles):
+    """Sizes of one layer's ``lut`` layout.
+
+    ``lanes`` output rows per tile (twice the vector's bytes: each weight byte carries the table index of
+    row ``i`` in its low nibble and of row ``i + lanes/2`` in its high nibble). Uniform and ternary codes are
+    bit-serial: one index per (bit plane, ``group`` consecutive k); codebook codes index their table whole.
+    """
+
+    N: int
+    K: int
+    bits: int
+    group_size: int
+    lanes: int
+    kind: str  # "uniform" (uniform and ternary: bit planes) or "codebook" (whole 4-bit codes)
+    params: LutParams
+    fixed_zero: object = None  # uniform formats without stored zero points: their zero (ternary 1, wNs 2**(b-1))
+    decode: str = "lut"
+
+    @property
+    def has_zeros(self):
+        """Whether the layout carries a uint8 zero point per row and group (``Z``)."""
+        return self.kind == "uniform" and self.fixed_zero is None
+
+    @property
+    def vector_bytes(self):
+        return self.lanes // 2
+
+    @property
+    def planes(self):
+        return self.bits if self.kind == "uniform" else 1
+
+    @property
+    def per_chunk(self):
+        """Weights (along K) that one table index covers: ``group`` bit-serial, 1 for a codebook code."""
+        return self.params.group if self.kind == "uniform" else 1
+
+    @property
+    def table_group(self):
+        """K-elements sharing one activation and table scale: the largest divisor of the weight group made
+        of whole chunks with at most :data:`MAX_CHUNKS` chunks (so int16 lookup sums cannot overflow)."""
+        G, c = self.group_size, self.per_chunk
+        most = MAX_PAIRED_CHUNKS if self.paired else MAX_CHUNKS
+        return max(d for d in range(c, G + 1, c) if G % d == 0 and d // c <= most)
+
+    @property
+    def paired(self):
+        """Bit planes stored in pairs (an even number of planes): the two planes of a row sit in adjacent
+        bytes, so ``vpmaddubsw`` with the bytes ``1, 2`` combines their lookups (plane weights) in int16."""
+        return self.kind == "uniform" and self.planes % 2 == 0
+
+    @property
+    def weight_shape(self):
+        """Shape of ``W``: ``(NT, TGn, C, planes, lanes/2)``, or paired ``(NT, TGn, C, planes/2, 2, lanes/2)``."""
+        head = (self.n_tiles, self.n_table_groups, self.chunks)
+        if self.paired:
+            return head + (self.planes // 2, 2, self.vector_bytes)
+        return head + (self.planes, self.vector_bytes)
+
+    @property
+    def row_shape(self):
+        """A tile's rows as the kernel indexes them: ``(nibble, byte)`` = (2, lanes/2), or paired
+        ``(vector, nibble, byte pair)`` = (2, 2, lanes/4)."""
+        return (2, 2, self.vector_bytes // 2) if self.paired else (2, self.vector_bytes)
+
+    @property
+    def chunks(self):
+        return self.table_group // self.per_chunk
+
+    @property
+    def n_table_groups(self):
+        return self.K // self.table_group
+
+
+    @property
+    def table_bytes(self):
+        return self.params.table_bits // 8
+
+    @property
+    def packed_bytes(self):
+        """Bytes the kernel reads for weights: index bytes, float32 scales (and uint8 zero points) per group."""
+        words = self.n_tiles * self.n_table_groups * self.chunks * self.planes * self.vector_bytes
+        per_group = self.n_tiles * self.n_groups * self.lanes * (5 if self.has_zeros else 4)
+        return words + per_group
+
+    def arg_names(self):
+        if self.kind == "codebook":
+            return ["W", "S", "LV"]
+        return ["W", "S", "Z"] if self.has_zeros else ["W", "S"]
+
+
+def lut_unsupported(qw, params):
+    """Why ``qw`` has no ``lut`` layout (a sentence), or None."""
+    fmt = qw.format
+    group = fmt.group_size or qw.codes.shape[1]
+    if fmt.kind == "codebook" and fmt.bits != 4:
+        return f"{fmt.name} has {fmt.bits}-bit codes; lut codebook tables are indexed by 4-bit codes"
+    if fmt.kind != "codebook" and fmt.bits > 4:
+        return f"{fmt.name} has {fmt.bits} bit planes; lut supports 1..4 bits (use a8 for more)"
+    if fmt.kind != "codebook" and group % params.group:
+        return f"group size {group} is not a multiple of the lut table group g={params.group}"
+    return None
+
+
+def relayout_lut(qw, vector_bytes, params=LutParams()):
+    """Re-lay a uniform, ternary or 4-bit codebook QuantizedWeight for the ``lut`` kernels.
+
+    Arrays (``NT = ceil(N / lanes)``, ``lanes = 2 * vector_bytes``, ``TGn`` table groups, ``C`` chunks each):
+
+    - ``W`` uint8 ``(NT, TGn, C, planes, vector_bytes)``: byte ``i`` holds the table index of row
+      ``nt*lanes + i`` (low nibble) and ``nt*lanes + vector_bytes + i`` (high nibble). Bit-serial index of plane
+      ``b`` and chunk ``c``: ``sum_j bit_b(q[k = c*g + j]) << j``; a codebook index is the code.
+    - ``S`` float32 ``(NT, Gn, lanes)``: uniform: the scale; codebook: ``scale * max|level|``.
+    - ``Z`` uint8 ``(NT, Gn, lanes)``: zero points (uniform formats that store them; for ternary and
+      symmetric formats the zero is a constant of the layout, ``fixed_zero``);
+      ``LV`` float32 ``(16,)`` (codebook): levels divided by their largest magnitude.
+    """
+    fmt = qw.format
+    N, K = qw.codes.shape
+    kind = "codebook" if fmt.kind == "codebook" else "uniform"
+    fixed_zero = None if kind == "codebook" or fmt.has_zeros else int(qw.affine_zeros().flat[0])
+    layout = LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
+                       kind=kind, params=params, fixed_zero=fixed_zero)
+    reason = lut_unsupported(qw, params)
+    if reason is not None:
+        raise KernelError(f"kernel 'lut' cannot run {fmt.name}: {reason}")
+    chunked = qw.codes.reshape(N, layout.n_table_groups, layout.chunks, layout.per_chunk).astype(np.uint8)
+    if kind == "uniform":
+        weights = np.uint8(1) << np.arange(layout.per_chunk, dtype=np.uint8)
+        index = np.stack([(((chunked >> b) & 1) * weights).sum(axis=3) for b in range(layout.planes)], axis=3)
+    else:
+        index = chunked
+    index = _interleave_rows(index.astype(np.uint8), layout)  # (NT, TGn, C, planes, lanes)
+    scales = qw.scales.astype(np.float64)
+    arrays = {"W": _index_bytes(index, layout)}
+    if kind == "uniform":
+        arrays["S"] = _interleave_rows(scales.astype(np.float32), layout)
+        if layout.has_zeros:
+            arrays["Z"] = _interleave_rows(qw.zeros.astype(np.uint8), layout)
+    else:
+        levels = np.asarray(fmt.levels, np.float64)
+        peak = np.abs(levels).max()
+        arrays["S"] = _interleave_rows((scales * peak).astype(np.float32), layout)
+        arrays["LV"] = (levels / peak).astype(np.float32)
+    return layout, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+
+def _index_bytes(index, layout):
+    """Pack (NT, TGn, C, planes, lanes) table indices two to a byte, in :attr:`LutLayout.weight_shape`.
+
+    Unpaired: byte ``i`` holds rows ``i`` (low nibble) and ``lanes/2 + i`` (high). Paired: vector ``v`` of
+    plane pair ``q``, byte ``2j + p`` holds plane ``2q + p`` of rows ``v*lanes/2 + j`` (low nibble) and
+    ``v*lanes/2 + lanes/4 + j`` (high).
+    """
+    if not layout.paired:
+        low, high = np.split(index, 2, axis=-1)
+        return np.ascontiguousarray(low | (high << 4))
+    head = index.shape[:3]
+    rows = index.reshape(head + (layout.planes // 2, 2, 2, 2, layout.vector_bytes // 2))  # q, p, v, s, j
+    packed = rows[..., 0, :] | (rows[..., 1, :] << 4)  # q, p, v, j
+    return np.ascontiguousarray(np.moveaxis(packed, 4, 6).reshape(layout.weight_shape))

@@ -10,19 +10,19 @@ import os
 import numpy as np
 
 from lowbit.compiler import dispatch
-from lowbit.compiler.intrinsics import x86_dot
+from lowbit.compiler.intrinsics import x86_dot, x86_lut
 from lowbit.compiler.higgs import rotation_signs
-from lowbit.compiler.layout import relayout, relayout_a8
+from lowbit.compiler.layout import LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
 from lowbit.errors import InputError, KernelError
-from lowbit.schedules.cpu import a8, decode, rotate
+from lowbit.schedules.cpu import a8, decode, lut, rotate
 from lowbit.schedules.tuning import records as tuning_records
 from lowbit.schedules.tuning.space import tuned_plan
 
 KERNELS = ("auto", "decode", "a8", "lut")
 ROTATION_SIGNS = "R"  # the arrays entry of a HIGGS layer: its rotation's signs (length = group size)
-IMPLEMENTED = ("auto", "decode", "a8")
+IMPLEMENTED = KERNELS
 
 
 def check_kernel(kernel):
@@ -48,14 +48,30 @@ def a8_unsupported(qw, target):
     return None
 
 
+def lut_preferred(qw, target):
+    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit and 4-bit codebook formats on
+    hosts with a byte shuffle (AVX2 / AVX-512BW), where it measured fastest at M=1 (docs/design.md)."""
+    fmt = qw.format
+    wanted = fmt.kind == "ternary" or fmt.kind == "uniform" and fmt.bits <= 2 or \
+        fmt.kind == "codebook" and fmt.bits == 4
+    return wanted and x86_lut.isa_for(target.features) is not None and lut_unsupported(qw, LutParams()) is None
+
+
 def choose_kernel(qw, target, kernel):
     """The kernel family for one layer: ``kernel`` itself, or for ``auto`` the fastest that applies.
 
-    ``auto`` picks ``a8`` (int8 activations, as onnxruntime's accuracy_level=4 and llama.cpp do) wherever
-    the host has integer dot products and the codes are integers: measured 1.5-3x faster than ``decode`` at
-    every M on AVX-512 VNNI. ``decode`` keeps activations exact in float32.
+    ``auto`` picks ``lut`` where :func:`lut_preferred` says so (1.1-1.3x ``a8`` for ternary and 1-2 bits at
+    M=1, 10-35x ``decode`` for nf4; slower than ``a8`` from M=16 on: one layout serves every M, and M=1 is
+    the DRAM-bound case it exists for), else ``a8`` (int8 activations, as onnxruntime's accuracy_level=4 and
+    llama.cpp do) wherever the host has integer dot products and the codes are integers: measured 1.5-3x
+    faster than ``decode`` at every M on AVX-512 VNNI. ``decode`` keeps activations exact in float32.
     """
     check_kernel(kernel)
+    if kernel == "lut" or kernel == "auto" and lut_preferred(qw, target):
+        reason = lut_unsupported(qw, LutParams())
+        if reason is not None:
+            raise KernelError(f"kernel 'lut' cannot run {qw.format.name}: {reason}")
+        return "lut"
     reason = a8_unsupported(qw, target)
     if kernel == "a8" and reason is not None:
         raise KernelError(f"kernel 'a8' cannot run {qw.format.name} here: {reason}")
@@ -64,7 +80,13 @@ def choose_kernel(qw, target, kernel):
     return "decode"
 
 
-def prepare_layer(qw, bias, target, kernel="auto"):
+def lut_vector_bytes(target):
+    """Weight bytes per lookup vector on ``target``: its byte shuffle's width, or the portable kernel's."""
+    isa = x86_lut.isa_for(target.features)
+    return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
+
+
+def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams()):
     """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
     rotation = None
     if qw.format.kind == "higgs":
@@ -74,8 +96,14 @@ def prepare_layer(qw, bias, target, kernel="auto"):
         # the kernel multiplies rotated activations with the rotated weight, a plain codebook weight
         rotation, qw = qw.format.group_size, qw.rotated_codebook()
     chosen = choose_kernel(qw, target, kernel)
-    relay = relayout_a8 if chosen == "a8" else relayout
-    layout, arrays = relay(qw, target.vector_lanes)
+    if chosen == "lut":
+        reason = lut_unsupported(qw, lut_params)
+        if reason is not None:
+            raise KernelError(f"kernel 'lut' cannot run {qw.format.name} with {lut_params}: {reason}")
+        layout, arrays = relayout_lut(qw, lut_vector_bytes(target), lut_params)
+    else:
+        relay = relayout_a8 if chosen == "a8" else relayout
+        layout, arrays = relay(qw, target.vector_lanes)
     if rotation is not None:
         arrays[ROTATION_SIGNS] = rotation_signs(rotation)
     if bias is not None:
@@ -91,6 +119,9 @@ def default_plan(layout, bucket):
     running a register-tiled GEMM over all rows wins (M=4: 2.9 ms vs 3.9 ms). The a8 kernel shares each
     decoded word across 8 rows from M=9 on (M=128: 12.7 ms with 8 rows vs 16.2 ms with 4).
     """
+    if layout.decode == "lut":
+        portable = layout.vector_bytes == x86_lut.PORTABLE_BYTES
+        return lut.LutLookup(), lut.LutConfig(lookup="gather" if portable else "shuffle")
     if layout.decode == "a8":
         m_tile = 1 if bucket.hi == 1 else 4 if bucket.hi is not None and bucket.hi <= 8 else 8
         return a8.DecodeA8(), a8.A8Config(m_tile=m_tile)
@@ -242,7 +273,8 @@ class CompiledLinear:
         return y.numpy()
 
 
-def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None):
+def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None,
+                 lut_params=LutParams()):
     """Compile one quantized linear layer for ``target`` (default: this CPU).
 
     Parameters
@@ -255,9 +287,11 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     tuning_log : None, folder, TuningDatabase or False
         Tuning records to take schedules from (default: those shipped for the target; False: none), see
         :func:`tuning_database`.
+    lut_params : LutParams
+        Table group ``g`` and table precision of the ``lut`` kernels.
     """
     info = resolve_target(target)
-    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel)
+    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel, lut_params)
     return build_prepared(chosen, layout, arrays, info, buckets, tuning_log)
 
 

@@ -204,6 +204,17 @@ def kernel_activations(kernel, x, qw):
     return quantize_activations_reference(x, qw.group_size)[0]
 
 
+def kernel_reference(kernel, x_used, qw, dequantized):
+    """What a kernel family computes, float64: ``x' @ dequant(W)^T``, or for ``lut`` the NumPy twin of its
+    int8 tables (:func:`lowbit.compiler.kernels_lut.reference`, default table group and precision)."""
+    if kernel == "lut":
+        from lowbit.compiler.kernels_lut import reference
+        from lowbit.compiler.layout import LutParams
+
+        return reference(qw, x_used, LutParams())
+    return x_used.astype(np.float64) @ dequantized.T.astype(np.float64)
+
+
 def _checker(x, qw, dequantized, where):
     """check(name, y, kernel): raise KernelError naming the combo when ``y`` is off ``x' @ dequant(W)^T``
     (``x'`` = :func:`kernel_activations`) by more than fp32 arithmetic can explain."""
@@ -211,7 +222,7 @@ def _checker(x, qw, dequantized, where):
     def check(name, y, kernel="decode"):
         x_used = kernel_activations(kernel, x, qw)
         try:
-            reference = x_used.astype(np.float64) @ dequantized.T.astype(np.float64)
+            reference = kernel_reference(kernel, x_used, qw, dequantized)
             peers.check_result(name, y, x_used, qw, reference)
         except AssertionError as err:
             raise KernelError(f"{where}: wrong result, so no benchmark number is reported: {err}") from None

@@ -32,7 +32,7 @@ def test_json_has_a_row_per_combination_with_exactly_the_documented_keys(tiny_ru
         (1, 256, 512, "w4g128"), (1, 256, 512, "ternary"), (3, 256, 512, "w4g128"), (3, 256, 512, "ternary")]
     for row in written["rows"]:
         assert tuple(row) == bench.ROW_KEYS
-        assert row["kernel"] in ("decode", "a8") and row["lowbit_ms"] > 0 and row["numpy_ms"] > 0  # chosen by auto
+        assert row["kernel"] in ("decode", "a8", "lut") and row["lowbit_ms"] > 0 and row["numpy_ms"] > 0  # by auto
 
 
 def test_ternary_has_no_onnxruntime_peer_and_w4g128_has_both_accuracy_levels(tiny_run):
@@ -100,9 +100,18 @@ def test_a_wrong_kernel_result_gets_no_number(monkeypatch):
         bench.run_bench(shapes=[(1, 64, 256)], formats=["w4g128"], repeat=1, progress=False, llc=TINY_LLC)
 
 
-def test_a_kernel_not_implemented_is_an_error_when_asked_for():
-    with pytest.raises(KernelError, match="'lut' is not implemented yet"):
-        bench.run_bench(shapes=[(1, 64, 256)], formats=["w4g128"], kernels=["lut"], progress=False)
+def test_lut_rows_are_checked_against_their_table_reference_and_declined_formats_are_notes(monkeypatch):
+    monkeypatch.setattr(bench, "dram_gbps", lambda threads, size: 10.0)
+    result = bench.run_bench(shapes=[(1, 256, 512)], formats=["w2g64", "w8"], kernels=["lut"], repeat=1,
+                             progress=False, llc=TINY_LLC)
+    assert [(r["format"], r["kernel"]) for r in result["rows"]] == [("w2g64", "lut")]
+    assert any("w8" in note and "lut supports 1..4 bits" in note for note in result["header"]["notes"])
+
+
+def test_a_kernel_that_declines_every_combination_is_an_error(monkeypatch):
+    monkeypatch.setattr(bench, "dram_gbps", lambda threads, size: 10.0)
+    with pytest.raises(KernelError, match="no combination could be benchmarked.*lut supports 1..4 bits"):
+        bench.run_bench(shapes=[(1, 64, 256)], formats=["w8"], kernels=["lut"], progress=False, llc=TINY_LLC)
 
 
 @pytest.mark.parametrize("text", ["1,2", "1,2,3,4", "a,b,c", "0,64,64", "1,-4,64", "", "1x64x64"])

@@ -69,11 +69,10 @@ def test_bucket_boundaries_dispatch_correctly(target):
     assert set(lin.plans) == {"m1", "m2-8", "m9-32", "m33+"}
 
 
-@pytest.mark.parametrize("kernel", ["lut"])
-def test_unimplemented_kernel_is_a_clear_error(kernel, target):
-    qw = quantize(_random_weight(4), "w4g128")
-    with pytest.raises(KernelError, match=f"kernel '{kernel}' is not implemented yet; available: auto, decode, a8"):
-        build_linear(qw, target=target, kernel=kernel)
+def test_lut_on_a_format_without_bit_planes_is_a_clear_error(target):
+    qw = quantize(_random_weight(4), "w8")
+    with pytest.raises(KernelError, match="kernel 'lut' cannot run w8: .* lut supports 1..4 bits"):
+        build_linear(qw, target=target, kernel="lut")
 
 
 def test_unknown_kernel_is_a_clear_error(target):

@@ -30,7 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--width", type=int, default=1024, help="input / output width of the MLP")
     parser.add_argument("--rows", type=int, default=1, help="rows M of the input batch")
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per model")
-    parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8"),
+    parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
                         help="kernel family (auto: int8 activations where the CPU has integer dot products)")
     parser.add_argument("--keep", metavar="DIR", help="keep the artifacts in DIR")
 
@@ -132,4 +132,5 @@ def _print_table(rows, numpy_ms, args, workdir):
     print("* NumPy float32 matmuls (+ bias) only, weights warm in cache; lowbit's time includes GELU and the "
           "runtime's call overhead.")
     print("a8 quantizes activations to int8 per row and group inside the kernel (as onnxruntime's accuracy_level=4 "
-          "and llama.cpp do): its error vs dequant is that rounding; --kernel decode keeps float32 activations.")
+          "and llama.cpp do): its error vs dequant is that rounding; lut also rounds its lookup tables to int8; "
+          "--kernel decode keeps float32 activations.")

@@ -1,0 +1,110 @@
+"""CPU schedule rule for the table-lookup mpGEMM kernel (template: compiler/kernels_lut.py).
+
+Before the parallel loop over row tiles, once per call: activation quantization and the tables of every
+row and table group (a few KiB per row, shared by all N). Then per parallel tile of ``lanes`` output rows
+(and per row of X): table groups -> chunks -> (table byte, bit plane) unrolled -> one tensorized lookup per
+weight vector (``vpshufb``: both nibbles of ``lanes/2`` bytes), summed in int16 registers; per table group
+the planes are combined with shifts and one float scale is applied.
+"""
+import dataclasses
+
+from lowbit.compiler import kernels_lut
+from lowbit.compiler.intrinsics import x86_lut
+from lowbit.compiler.tvm_api import Schedule
+
+LOOKUPS = ("shuffle", "select", "gather")
+
+
+@dataclasses.dataclass(frozen=True)
+class LutConfig:
+    """Knobs of :class:`LutLookup`.
+
+    lookup : "shuffle" (the one-hot lookup tensorized with the host's byte shuffle), "select" (the same
+        compute left to LLVM: the intrinsic's description, to test it against the implementation) or
+        "gather" (a direct table index: the portable kernel for hosts without AVX2).
+    """
+
+    lookup: str = "shuffle"
+
+    def __post_init__(self):
+        if self.lookup not in LOOKUPS:
+            raise ValueError(f"lookup={self.lookup!r}: choose one of {', '.join(LOOKUPS)}")
+
+
+PRECOMPUTE = ("AMAX", "XQ", "XSUM", "H", "TMAX", "TQ", "TS", "XO")
+
+
+class LutLookup:
+    """Table-lookup kernel: bit planes (or whole codebook codes) looked up in per-chunk activation tables."""
+
+    name = "lut_lookup"
+
+    def template(self, layout, M, has_bias, config):
+        return kernels_lut.lut_compute(layout, M, has_bias, "gather" if config.lookup == "gather" else "select")
+
+    def apply(self, func, target, config):
+        sch = Schedule(func)
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if not {"ACC", "TQ", "Y1", "Y"} <= names:
+            return None
+        if (config.lookup == "gather") != (func.attrs["lowbit.lut_lookup"] == "gather"):
+            return None  # a one-hot template needs a shuffle or select config, a gather one the gather config
+        intrin = None
+        if config.lookup == "shuffle":
+            isa = x86_lut.isa_for(target.features)
+            vector_bytes = int(func.attrs["lowbit.lut_vector_bytes"])
+            if isa is None or x86_lut.VECTOR_BYTES[isa] != vector_bytes:
+                return None
+            intrin = x86_lut.register(isa, paired=len(sch.get_loops(sch.get_sblock("Y1"))) == 6)
+        sch.compute_inline(sch.get_sblock("Xp"))
+        for name in PRECOMPUTE:
+            if name in names:
+                self._schedule_precompute(sch, name)
+        self._schedule_lookups(sch, intrin, config.lookup == "gather")
+        return sch
+
+    @staticmethod
+    def _schedule_precompute(sch, name):
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        spatial = [iv for iv in sch.get(block).iter_vars if iv.iter_type == 0]
+        sch.parallel(sch.fuse(*loops[:2]))
+        last = spatial[-1].dom.extent
+        if len(spatial) > 2 and len(loops) == len(spatial) and int(last) >= 4:
+            sch.vectorize(loops[-1])
+
+    @staticmethod
+    def _schedule_lookups(sch, intrin, gather):
+        y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
+        m, nt, *rows, t = sch.get_loops(y1)
+        sch.reorder(nt, m, t, *rows)
+        outer = nt
+        for loop in rows[:-1]:
+            sch.unroll(loop)
+        sch.vectorize(rows[-1])
+        sch.parallel(outer)
+        sch.compute_at(acc, t)
+        # compute_at regenerates ACC's loops under t in block-iter order (spatial, then reduce), dropping
+        # unit extents; a paired layout has row loops (v, s, j) and a plane loop p, an unpaired one (s, i)
+        paired = len(rows) == 3
+        row_names = ["v", "s", "j"] if paired else ["s", "i"]
+        names = ["byte", "b"] + row_names + ["c"] + (["p"] if paired else []) + ([] if gather else ["e"])
+        extents = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]
+        kept = [name for name, extent in zip(names, extents) if extent > 1]
+        named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
+        order = [named[k] for k in ("c", "byte", "b", "v", "s", "i", "j", "p", "e") if k in named]
+        sch.reorder(*order)
+        for k in ("byte", "b", "v"):
+            if k in named:
+                sch.unroll(named[k])
+        sch.set_scope(acc, 0, "local")
+        local = sch.cache_write(y1, 0, "local")
+        sch.compute_inline(local)
+        sch.reverse_compute_at(y, outer)
+        init = sch.decompose_reduction(acc, order[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.decompose_reduction(y1, t)
+        if intrin is not None:
+            sch.tensorize(named["s"], intrin)
+        else:
+            sch.unroll(named["s"])
