@@ -73,3 +73,10 @@ def onnx_supported_ops():
     from tvm.relax.frontend.onnx import onnx_frontend
 
     return set(onnx_frontend._get_convert_map()) | {"If", "Constant"}  # noqa: SLF001 (no public accessor)
+
+
+def torch_importer():
+    """TVM's torch ``ExportedProgram`` -> Relax importer (``tvm.relax.frontend.torch.from_exported_program``)."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    return from_exported_program

@@ -10,6 +10,7 @@ _LAZY = {
     "compile": ("lowbit.compiler.api", "compile"),
     "quantize": ("lowbit.compiler.formats", "quantize"),
     "parse_format": ("lowbit.compiler.formats", "parse_format"),
+    "quantize_model": ("lowbit.frontends.quantize", "quantize_model"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
