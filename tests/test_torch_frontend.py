@@ -1,0 +1,166 @@
+"""torch: ``lowbit.quantize_model`` on ``nn.Module`` and ``lowbit.compile(module, example_inputs)`` through
+``torch.export`` + TVM's ``from_exported_program``.
+
+Tolerances: eager ``QuantizedLinear`` dequantizes in float32 with one correctly rounded product per weight,
+as the NumPy reference does, so its weight is *equal* to ``QuantizedWeight.dequantize()``. Compiled and eager
+outputs are float32 sums of the same products in different orders: for one layer they differ by at most
+``2 * gamma_K * |x| @ |W|^T`` (``gamma_K = K eps / (1 - K eps)``, Higham 3.1); the models here use
+LayerNorm / GELU between layers, so the whole-model check uses that bound on the last layer's inputs and
+is scaled by ``max|y|`` (``1e-5`` relative: 100x the float32 rounding of a 64-term sum, 1000x below the
+effect of one code off by one).
+"""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import lowbit  # noqa: E402  (after the torch skip)
+from lowbit.compiler.formats import quantize  # noqa: E402
+from lowbit.errors import FormatError, ModelError  # noqa: E402
+from lowbit.frontends.torch_quantize import QuantizedLinear  # noqa: E402
+
+D, HIDDEN, OUT = 64, 96, 40
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(D, HIDDEN), torch.nn.Linear(HIDDEN, D)
+        self.norm = torch.nn.LayerNorm(D)
+
+    def forward(self, x):
+        return self.norm(x + self.fc2(torch.nn.functional.gelu(self.fc1(x))))
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.head = torch.nn.Linear(D, OUT, bias=False)
+
+    def forward(self, tokens):
+        return self.head(self.block(tokens))
+
+
+@pytest.fixture()
+def net():
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+@pytest.mark.parametrize("fmt", ["w4g32", "w4g32s", "w3g16", "ternaryg32", "nf4g32", "fp4"])
+def test_quantized_linear_dequantizes_exactly_as_the_numpy_reference(fmt):
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(D, OUT)
+    layer = QuantizedLinear.from_linear(linear, lowbit.parse_format(fmt))
+    reference = quantize(linear.weight.detach().numpy(), fmt)
+    qw = layer.quantized_weight()
+    np.testing.assert_array_equal(qw.codes, reference.codes)
+    np.testing.assert_array_equal(layer.dequantized_weight().numpy(), reference.dequantize())
+    x = torch.randn(5, D)
+    expected = x.numpy() @ reference.dequantize().T + linear.bias.detach().numpy()
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_quantize_model_replaces_every_linear_in_place(net):
+    model = lowbit.quantize_model(net, formats=["w4g32"])
+    assert model is net
+    kinds = {name: type(module).__name__ for name, module in model.named_modules()}
+    assert kinds["block.fc1"] == kinds["block.fc2"] == kinds["head"] == "QuantizedLinear"
+    assert model.head.bias is None and model.block.fc1.format_name == "w4g32"
+    assert not any(isinstance(module, torch.nn.Linear) for module in model.modules())
+
+
+def test_budget_allocation_is_issue_9(net):
+    with pytest.raises(FormatError, match="issue 9"):
+        lowbit.quantize_model(net, formats=["w4g32", "w2g32"], budget_bits=3.0)
+
+
+def correlated(rows, mixing):
+    return torch.randn(rows, D) @ mixing
+
+
+def test_gptq_from_hooked_calibration_beats_rtn():
+    torch.manual_seed(5)
+    linear = torch.nn.Sequential(torch.nn.Linear(D, OUT))
+    mixing = torch.randn(D, D) * torch.exp(torch.empty(D).uniform_(-2, 1))[:, None] / D ** 0.5
+    calibration = [correlated(256, mixing) for _ in range(4)]
+    held_out = correlated(2048, mixing)
+    with torch.no_grad():
+        exact = linear(held_out)
+        errors = {}
+        for method in ("rtn", "gptq"):
+            model = lowbit.quantize_model(copy.deepcopy(linear), "w3g32", method=method,
+                                          calibration=calibration if method == "gptq" else None)
+            errors[method] = float(torch.linalg.norm(model(held_out) - exact))
+    assert errors["gptq"] < 0.8 * errors["rtn"], errors  # margin: see tests/test_gptq.py
+
+
+def test_gptq_needs_calibration_to_reach_every_layer(net):
+    with pytest.raises(ModelError, match="no calibration input reached"):
+        lowbit.quantize_model(net, "w4g32", method="gptq", calibration=[])
+
+
+@pytest.fixture()
+def compiled(net):
+    model = lowbit.quantize_model(net, "w4g32")
+    example = torch.randn(3, 7, D)
+    return model, lowbit.compile(model, (example,), kernel="decode")
+
+
+def test_compiled_torch_model_matches_eager_with_symbolic_batch(compiled):
+    model, module = compiled
+    spec = module.manifest["inputs"][0]
+    assert spec["name"] == "tokens" and isinstance(spec["shape"][0], str) and spec["shape"][1:] == [7, D]
+    assert module.manifest["source"] == "torch"
+    layers = {layer["name"]: layer for layer in module.manifest["layers"]}
+    assert sorted(layers) == ["block.fc1", "block.fc2", "head"]
+    assert {layer["format"] for layer in layers.values()} == {"w4g32"}
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 7, D)
+        with torch.no_grad():
+            eager = model(x).numpy()
+        ours = module(x.numpy())
+        assert ours.shape == (batch, 7, OUT)
+        assert np.abs(ours - eager).max() <= 1e-5 * np.abs(eager).max()
+
+
+def test_exact_integers_reach_the_kernels(net):
+    from lowbit.frontends.torch_export import import_torch
+
+    model = lowbit.quantize_model(net, "w4g32")
+    imported = import_torch(model, (torch.randn(2, 7, D),))
+    specs = {spec.name: spec.weight for spec in imported.quantized.values()}
+    for name in ("block.fc1", "block.fc2", "head"):
+        layer = model.get_submodule(name)
+        np.testing.assert_array_equal(specs[name].codes, layer.codes.numpy())
+        np.testing.assert_array_equal(specs[name].scales, layer.scales.numpy())
+        np.testing.assert_array_equal(specs[name].zeros, layer.zeros.numpy())
+    params = [p.name for p in imported.mod["main"].params]  # the model's input, then one weight input per layer
+    assert params[1:] == list(imported.quantized) and imported.inputs[0]["name"] == "tokens"
+
+
+def test_torch_artifact_runs_with_the_runtime_alone(compiled, tmp_path):
+    model, module = compiled
+    path = module.save(str(tmp_path / "net.lowbit"))
+    x = np.random.default_rng(0).standard_normal((2, 7, D)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, lowbit.runtime; "
+              f"y = lowbit.runtime.load({path!r})(tokens=np.load({str(tmp_path / 'x.npy')!r})); "
+              "assert 'torch' not in sys.modules and 'lowbit.compiler' not in sys.modules; "
+              f"np.save({str(tmp_path / 'y.npy')!r}, y)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"TVM_USE_RUNTIME_LIB": "1", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), module(x))
+
+
+def test_compile_needs_example_inputs_and_quantized_layers(net):
+    with pytest.raises(ModelError, match="needs example_inputs"):
+        lowbit.compile(net)
+    with pytest.raises(ModelError, match="no lowbit QuantizedLinear"):
+        lowbit.compile(net, (torch.randn(2, 7, D),))
