@@ -50,28 +50,39 @@ def _input_names(model, count):
 
 def _default_dynamic_shapes(example_inputs, n_weights):
     dims = [{0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
-            for x in example_inputs]  # forward(*args): the specs of all positional inputs form one tuple
+            for x in example_inputs]
     return tuple(dims) + (None,) * n_weights
 
 
-def export_program(model, example_inputs, dynamic_shapes=None):
-    """``torch.export`` of ``model`` with its quantized layers reading weight inputs; returns (program, layers)."""
+def traceable(model, example_inputs, dynamic_shapes=None):
+    """What ``torch.export`` / ``torch.onnx.export`` trace: (wrapper, args, dynamic_shapes, layers, n_inputs).
+
+    ``args`` are the example inputs followed by one uninitialised (K, N) tensor per quantized layer.
+    """
     layers = quantized_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no lowbit QuantizedLinear layer: quantize it first with "
                          "lowbit.quantize_model(model, formats='w4g128')")
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     weights = tuple(torch.empty(layer.in_features, layer.out_features) for _, layer in layers)
-    wrapper = _WithWeightInputs(model, [layer for _, layer in layers], len(example_inputs))
+    wrapper = _WithWeightInputs(model, [layer for _, layer in layers], len(example_inputs)).eval()
     if dynamic_shapes is None:
         dynamic_shapes = _default_dynamic_shapes(example_inputs, len(weights))
     else:
         dynamic_shapes = tuple(dynamic_shapes) + (None,) * len(weights)
+    # forward(*args): the specs of all positional inputs form one tuple
+    return wrapper, example_inputs + weights, (dynamic_shapes,), layers, len(example_inputs)
+
+
+def export_program(model, example_inputs, dynamic_shapes=None):
+    """``torch.export`` of ``model`` with its quantized layers reading weight inputs; returns (program, layers,
+    number of model inputs)."""
+    wrapper, args, dynamic_shapes, layers, n_inputs = traceable(model, example_inputs, dynamic_shapes)
     try:
-        program = torch.export.export(wrapper.eval(), example_inputs + weights, dynamic_shapes=(dynamic_shapes,))
+        program = torch.export.export(wrapper, args, dynamic_shapes=dynamic_shapes)
     except Exception as err:  # torch raises UserError, GuardOnDataDependentSymNode, TypeError...
         raise ModelError(f"torch.export failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
-    return program, layers, len(example_inputs)
+    return program, layers, n_inputs
 
 
 def import_torch(model, example_inputs, dynamic_shapes=None):

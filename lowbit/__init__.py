@@ -11,6 +11,7 @@ _LAZY = {
     "quantize": ("lowbit.compiler.formats", "quantize"),
     "parse_format": ("lowbit.compiler.formats", "parse_format"),
     "quantize_model": ("lowbit.frontends.quantize", "quantize_model"),
+    "export_onnx": ("lowbit.frontends.torch_onnx", "export_onnx"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -164,3 +164,30 @@ def test_compile_needs_example_inputs_and_quantized_layers(net):
         lowbit.compile(net)
     with pytest.raises(ModelError, match="no lowbit QuantizedLinear"):
         lowbit.compile(net, (torch.randn(2, 7, D),))
+
+
+@pytest.mark.parametrize("style", ["qdq", "matmulnbits"])
+def test_exported_onnx_runs_in_onnxruntime_and_compiles_back_to_the_same_integers(net, style, tmp_path):
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    from lowbit.frontends.onnx import import_onnx
+
+    model = lowbit.quantize_model(net, "w4g32")
+    path = tmp_path / "net.onnx"
+    proto = lowbit.export_onnx(model, (torch.randn(3, 7, D),), path=str(path), style=style)
+    assert path.exists() and [value.name for value in proto.graph.input] == ["tokens"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 7, D)
+    with torch.no_grad():
+        eager = model(x).numpy()
+    theirs = session.run(None, {"tokens": x.numpy()})[0]
+    assert np.abs(theirs - eager).max() <= 1e-5 * np.abs(eager).max()  # module docstring
+    layers = dict(zip(["block.fc1", "block.fc2", "head"], import_onnx(proto).quantized.values()))
+    for name, spec in layers.items():
+        buffers = model.get_submodule(name)
+        np.testing.assert_array_equal(spec.weight.codes, buffers.codes.numpy())
+        np.testing.assert_array_equal(spec.weight.scales, buffers.scales.numpy())
+        np.testing.assert_array_equal(spec.weight.zeros, buffers.zeros.numpy())
