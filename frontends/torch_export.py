@@ -8,8 +8,9 @@ frontend, so the compiler's ``LowerQuantizedMatmul`` replaces each by its kernel
 codes, scales and zero points (read from its buffers, never from a float weight). Every other torch operator
 goes through Relax; float parameters become constants.
 
-Dims: by default dim 0 of every example input is ``Dim.AUTO`` (torch decides: symbolic if the trace allows it,
-static otherwise; an example batch of 1 is specialised to 1 by torch); ``dynamic_shapes`` overrides that.
+Dims: by default every dim but the last (the features) of every example input is ``Dim.AUTO``: torch decides,
+symbolic where the trace allows it (batch, sequence), static where the model fixes it (an example size of 1,
+which torch specialises); ``dynamic_shapes`` overrides that.
 """
 import inspect
 import warnings
@@ -49,7 +50,9 @@ def _input_names(model, count):
 
 
 def _default_dynamic_shapes(example_inputs, n_weights):
-    dims = [{0: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
+    # Not the last dim: where torch specialises an AUTO dim to a constant, TVM 0.27's importer still makes it a
+    # shape variable (named "64"), and shapes that should match no longer provably do.
+    dims = [{axis: torch.export.Dim.AUTO for axis in range(x.dim() - 1)} if isinstance(x, torch.Tensor) else None
             for x in example_inputs]
     return tuple(dims) + (None,) * n_weights
 

@@ -26,7 +26,7 @@ def export_onnx(model, example_inputs, path=None, style="qdq", dynamic_shapes=No
         File to write (atomically).
     style : {"qdq", "matmulnbits"}
     dynamic_shapes : optional
-        As for ``torch.export``; default: dim 0 of each input ``Dim.AUTO``.
+        As for ``torch.export``; default: every dim but the last ``Dim.AUTO`` (``frontends/torch_export.py``).
     """
     import torch
 
