@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-model install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lowbit demo
+	$(VENV)/bin/lowbit decoder
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/lowbit bench --json benchmarks/results/latest.json
+
+bench-model: $(STAMP)
+	$(VENV)/bin/lowbit decoder --hidden 2048 --layers 4 --vocab 4096 --json benchmarks/results/decoder.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("lowbit.commands.bench", "benchmark mpGEMM kernels against NumPy, torch and onnxruntime (cold cache)"),
     "inspect": ("lowbit.commands.inspect", "show an artifact's manifest: target, layers, formats, kernels"),
     "run": ("lowbit.commands.run", "run an artifact on .npy inputs"),
+    "decoder": ("lowbit.commands.decoder", "model demo / benchmark: an onnxruntime-quantized decoder vs onnxruntime"),
     "quantize": ("lowbit.commands.quantize", "quantize a float ONNX model and write it as quantized ONNX"),
 }
 
