@@ -141,18 +141,6 @@ def ort_session(model, optimized):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(call, repeat):
-    """Median wall time of ``call()`` in milliseconds over ``repeat`` runs, after two warm-up runs."""
-    call()
-    call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def relative_max_error(ours, reference):
     """max |ours - reference| / max |reference| (the issue's measure)."""
     return float(np.abs(ours - reference).max() / np.abs(reference).max())
@@ -161,6 +149,7 @@ def relative_max_error(ours, reference):
 def compare(hidden=256, layers=2, heads=4, vocab=512, rows=(1, 32), repeat=20, kernel="auto", seed=0):
     """Build, quantize (onnxruntime), compile (lowbit); return a report dict (errors, times, sizes)."""
     import lowbit
+    from lowbit.bench import median_ms
 
     quantized = quantize_with_onnxruntime(decoder_onnx(hidden, layers, heads, vocab, seed))
     start = time.perf_counter()
