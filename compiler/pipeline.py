@@ -141,7 +141,12 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
     mod = imported.mod
     _dump(dump_ir, "0-import", mod.script())
     lower = LowerQuantizedMatmul(imported.quantized, target, kernel=kernel, progress=progress)
-    mod = lower(mod)
+    try:
+        mod = lower(mod)
+    except Exception:  # noqa: BLE001 (TVM wraps the pass's own error in a RuntimeError: re-raise that one)
+        if lower.failure is not None:
+            raise lower.failure from None
+        raise
     _dump(dump_ir, "1-lower", mod.script())
     _dump_kernels(dump_ir, "1-lower", mod)
     executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),

@@ -6,7 +6,8 @@ uninitialised tensor: only its shape is traced). TVM's ``from_exported_program``
 ``main(*inputs, *lowbit_w) -> outputs`` with ``R.matmul(x, lowbit_w{i})``: the same contract as the ONNX
 frontend, so the compiler's ``LowerQuantizedMatmul`` replaces each by its kernel, built from the layer's exact
 codes, scales and zero points (read from its buffers, never from a float weight). Every other torch operator
-goes through Relax; float parameters become constants.
+goes through Relax; float parameters become constants. Quantized layers whose output the model never uses
+(dead code, such as a pooler next to the output that is returned) are dropped before lowering.
 
 Dims: by default every dim but the last (the features) of every example input is ``Dim.AUTO``: torch decides,
 symbolic where the trace allows it (batch, sequence), static where the model fixes it (an example size of 1,
@@ -88,6 +89,23 @@ def export_program(model, example_inputs, dynamic_shapes=None):
     return program, layers, n_inputs
 
 
+def _drop_unused_weights(mod, n_inputs, layers):
+    """Remove the weight inputs of layers the traced model never uses (dead code, e.g. an unused pooler):
+    they get no kernel. Returns (module, the layers kept)."""
+    from lowbit.compiler.tvm_api import relax
+
+    main = mod["main"]
+    used = {var.name for var in relax.analysis.free_vars(main.body)}
+    params = list(main.params)
+    keep = [index for index, var in enumerate(params[n_inputs:]) if var.name in used]
+    if len(keep) == len(layers):
+        return mod, layers
+    func = relax.Function(params[:n_inputs] + [params[n_inputs + i] for i in keep], main.body, main.ret_ty,
+                          main.is_pure, main.attrs)
+    mod.update_func(mod.get_global_var("main"), func)
+    return mod, [layers[i] for i in keep]
+
+
 def import_torch(model, example_inputs, dynamic_shapes=None):
     """Import a lowbit-quantized torch module for the compiler; returns an ``ImportedModel`` (source torch)."""
     from lowbit.compiler.tvm_api import relax, torch_importer
@@ -102,9 +120,10 @@ def import_torch(model, example_inputs, dynamic_shapes=None):
         except Exception as err:  # TVM raises KeyError / AssertionError / TVMError for unsupported operators
             raise ModelError(f"TVM's torch importer could not convert {type(model).__name__}: "
                              f"{type(err).__name__}: {err}") from err
+    mod, kept = _drop_unused_weights(mod, n_inputs, layers)
     params = list(mod["main"].params)
     quantized = {var.name: QuantizedLinearSpec(name, layer.quantized_weight(), "torch")
-                 for var, (name, layer) in zip(params[n_inputs:], layers)}
+                 for var, (name, layer) in zip(params[n_inputs:], kept)}
     inputs = [{"name": name, "shape": _dims(var.ty), "dtype": str(var.ty.dtype)}
               for name, var in zip(_input_names(model, n_inputs), params[:n_inputs])]
     ret = mod["main"].ret_ty

@@ -73,7 +73,9 @@ class QuantizedLinear(torch.nn.Module):
 
     def forward(self, x):  # noqa: D102 (nn.Module)
         if self.placeholder is not None:
-            y = torch.matmul(x, self.placeholder)
+            # always a 2-D matmul: torch lowers a matmul of a non-contiguous 3-D x to bmm with the weight expanded
+            rows = torch.matmul(x.reshape(-1, self.in_features), self.placeholder)
+            y = rows.reshape(*x.shape[:-1], self.out_features)
         else:
             y = torch.nn.functional.linear(x, self.dequantized_weight().to(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -192,3 +192,28 @@ def test_exported_onnx_runs_in_onnxruntime_and_compiles_back_to_the_same_integer
         np.testing.assert_array_equal(spec.weight.codes, buffers.codes.numpy())
         np.testing.assert_array_equal(spec.weight.scales, buffers.scales.numpy())
         np.testing.assert_array_equal(spec.weight.zeros, buffers.zeros.numpy())
+
+
+class TransposedInput(torch.nn.Module):
+    """A Linear reading a non-contiguous (transposed) tensor, and one whose output is never used."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.unused = torch.nn.Linear(D, OUT), torch.nn.Linear(D, OUT)
+
+    def forward(self, x):  # x: (batch, D, sequence)
+        self.unused(x.transpose(1, 2))
+        return self.fc(x.transpose(1, 2))
+
+
+def test_linear_on_a_transposed_input_is_lowered_and_an_unused_layer_dropped():
+    """Regressions: torch lowered such a matmul to bmm with the weight broadcast (the layer was refused), and a
+    dead layer's weight input was refused as 'not used as the right-hand side of one matmul'."""
+    torch.manual_seed(2)
+    model = lowbit.quantize_model(TransposedInput().eval(), "w4g32")
+    compiled = lowbit.compile(model, (torch.randn(2, D, 5),), kernel="decode")
+    assert [layer["name"] for layer in compiled.manifest["layers"]] == ["fc"]
+    x = torch.randn(3, D, 5)
+    with torch.no_grad():
+        eager = model(x).numpy()
+    assert np.abs(compiled(x.numpy()) - eager).max() <= 1e-5 * np.abs(eager).max()
