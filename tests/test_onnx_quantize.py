@@ -200,3 +200,11 @@ def test_cli_method_without_format_is_an_error(rng, tmp_path):
     done = lowbit_cli("compile", "float.onnx", "--method", "gptq", "-o", "m.lowbit", cwd=tmp_path)
     assert done.returncode == 1 and "add --format NAME" in done.stderr
     assert not (tmp_path / "m.lowbit").exists()
+
+
+def test_cli_quantize_failure_writes_nothing(rng, tmp_path):
+    model, _ = float_mlp(rng)
+    onnx.save(model, tmp_path / "float.onnx")
+    done = lowbit_cli("quantize", "float.onnx", "--format", "nf4g32", "-o", "q.onnx", cwd=tmp_path)
+    assert done.returncode == 1 and "nf4g32 is a codebook format" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["float.onnx"]

@@ -217,3 +217,18 @@ def test_linear_on_a_transposed_input_is_lowered_and_an_unused_layer_dropped():
     with torch.no_grad():
         eager = model(x).numpy()
     assert np.abs(compiled(x.numpy()) - eager).max() <= 1e-5 * np.abs(eager).max()
+
+
+class Unsupported(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(D, D)
+
+    def forward(self, x):
+        return torch.special.bessel_j0(self.fc(x)) + torch.special.i0(x)
+
+
+def test_unsupported_torch_operators_are_listed_together():
+    model = lowbit.quantize_model(Unsupported().eval(), "w4g32")
+    with pytest.raises(ModelError, match=r"Unsupported function types .*(bessel_j0.*i0|i0.*bessel_j0)"):
+        lowbit.compile(model, (torch.randn(2, D),))
