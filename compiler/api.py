@@ -155,6 +155,10 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
     from lowbit.frontends.quantize import check_method, is_torch_module
 
     if is_torch_module(model):
+        if format is not None or method != "rtn" or calibration is not None:
+            raise ModelError("format / method / calibration quantize ONNX and Sequential models on the way; a torch "
+                             "module is quantized first, in place: lowbit.quantize_model(model, formats=..., "
+                             "method=..., calibration=...), then lowbit.compile(model, example_inputs)")
         return _compile_torch(model, example_inputs, resolve_target(target), kernel, dump_ir, progress,
                               dynamic_shapes)
     if example_inputs is not None:

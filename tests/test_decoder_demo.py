@@ -50,5 +50,5 @@ def test_cli_decoder_reports_errors_within_float_rounding_with_the_decode_kernel
     assert report["quantized_layers"] == 5 and report["kernels"] == ["decode"]
     assert [row["M"] for row in report["rows"]] == [1, 5]
     assert all(row["max_abs_diff_over_max_abs"] <= 1e-5 for row in report["rows"])
-    assert all(row["lowbit_ms"] > 0 and row["ort_ms"] > 0 for row in report["rows"])
+    assert all(row["lowbit_ms"] > 0 and row["ort_ms"] > 0 and row["ort_over_lowbit"] > 0 for row in report["rows"])
     assert "ORT/lowbit" in done.stdout

@@ -165,6 +165,8 @@ def test_compile_needs_example_inputs_and_quantized_layers(net):
         lowbit.compile(net)
     with pytest.raises(ModelError, match="no lowbit QuantizedLinear"):
         lowbit.compile(net, (torch.randn(2, 7, D),))
+    with pytest.raises(ModelError, match="quantized first, in place: lowbit.quantize_model"):
+        lowbit.compile(net, (torch.randn(2, 7, D),), format="w4g32")
 
 
 @pytest.mark.parametrize("style", ["qdq", "matmulnbits"])
