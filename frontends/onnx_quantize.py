@@ -82,17 +82,16 @@ def layer_hessians(proto, layers, calibration):
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_names = [value.name for value in session.get_inputs()]
     names = sorted({layer.activation for layer in layers})
-    collected = {name: [] for name in names}
+    # one running X^T X per (activation, orientation): batches are not kept
+    sums = {(layer.activation, layer.transposed_activation): None for layer in layers}
     for feed in calibration_feeds(calibration, input_names):
-        for name, value in zip(names, session.run(names, feed)):
-            collected[name].append(value)
-    hessians = {}
-    for layer in layers:
-        batches = collected[layer.activation]
-        if layer.transposed_activation:
-            batches = [np.asarray(batch).T for batch in batches]
-        hessians[layer.node.name], _ = hessian(batches, layer.weight.shape[1])
-    return hessians
+        values = dict(zip(names, session.run(names, feed)))
+        for (name, transposed), total in sums.items():
+            value = np.asarray(values[name])
+            K = value.shape[0] if transposed else value.shape[-1]
+            batch, _ = hessian([value.T if transposed else value], K)
+            sums[(name, transposed)] = batch if total is None else total + batch
+    return {layer.node.name: sums[(layer.activation, layer.transposed_activation)] for layer in layers}
 
 
 def _with_outputs(proto, layers):

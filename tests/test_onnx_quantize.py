@@ -208,3 +208,20 @@ def test_cli_quantize_failure_writes_nothing(rng, tmp_path):
     done = lowbit_cli("quantize", "float.onnx", "--format", "nf4g32", "-o", "q.onnx", cwd=tmp_path)
     assert done.returncode == 1 and "nf4g32 is a codebook format" in done.stderr
     assert sorted(os.listdir(tmp_path)) == ["float.onnx"]
+
+
+def test_gptq_reads_the_rows_of_a_gemm_with_trans_a(rng):
+    """Gemm transA=1: the layer's input rows are the columns of the graph tensor (Hessian from A^T)."""
+    weight = rng.standard_normal((K, N)).astype(np.float32)
+    node = helper.make_node("Gemm", ["a", "w"], ["y"], transA=1, name="gemm")
+    graph = helper.make_graph([node], "t", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [K, "M"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", N])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    rows = correlated_inputs(rng)(300)
+    _, _, weights = quantize_onnx_layers(model, lowbit.parse_format("w4g32"), "gptq", {"a": rows.T})
+    from lowbit.compiler.gptq import gptq_quantize, hessian
+
+    expected = gptq_quantize(weight.T, hessian([rows], K)[0], "w4g32")
+    np.testing.assert_array_equal(weights["gemm"].codes, expected.codes)
