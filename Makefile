@@ -4,20 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-model install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,torch,examples]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lowbit demo
+	$(VENV)/bin/lowbit decoder
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
@@ -30,6 +31,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(VENV)/bin/lowbit bench --markdown
+
+bench-model: $(STAMP)
+	$(VENV)/bin/lowbit decoder --hidden 2048 --layers 4 --vocab 4096 --json benchmarks/results/decoder.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

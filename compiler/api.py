@@ -76,10 +76,10 @@ def _manifest(model, compiled, target):
     })
 
 
-def _onnx_manifest(imported, compiled, target):
+def _imported_manifest(imported, compiled, target, source):
     patterns = [spec.pattern for spec in imported.quantized.values()]
     return _target_manifest(target, {"inputs": imported.inputs, "outputs": imported.outputs,
-                                     "layers": _layer_entries(compiled, patterns), "source": "onnx"})
+                                     "layers": _layer_entries(compiled, patterns), "source": source})
 
 
 def _target_manifest(target, body):
@@ -95,28 +95,55 @@ def is_onnx_model(model):
     return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
 
 
-def _compile_onnx(model, info, format, kernel, dump_ir, progress, tuning_log):  # noqa: A002
+def _import_onnx(model, format, method, calibration):  # noqa: A002
     from lowbit.frontends.onnx import import_onnx
 
-    imported = import_onnx(model, format=format)
+    if format is None or method == "rtn":
+        if calibration is not None:
+            raise ModelError("calibration data is only used by method='gptq' (with format=...): pass "
+                             "method='gptq', or drop calibration")
+        return import_onnx(model, format=format)
+    from lowbit.frontends.onnx_quantize import quantize_onnx_layers
+
+    proto, _, weights = quantize_onnx_layers(model, format, method, calibration)
+    return import_onnx(proto, weights=weights)
+
+
+def _compile_onnx(model, info, format, kernel, dump_ir, progress, method, calibration, tuning_log):  # noqa: A002
+    imported = _import_onnx(model, format, method, calibration)
     if not imported.quantized:
         hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
             else "it has no MatMul / Gemm with a constant 2-D weight"
         raise ModelError(f"the ONNX model has no quantized MatMul / Gemm lowbit recognises: {hint}")
     compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress,
                                   tuning_log=tuning_log)
-    return CompiledModel(compiled, info, _onnx_manifest(imported, compiled, info))
+    return CompiledModel(compiled, info, _imported_manifest(imported, compiled, info, "onnx"))
 
 
-def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progress=False,  # noqa: A001,A002
-            tuning_log=None):
+def _compile_torch(model, example_inputs, info, kernel, dump_ir, progress, dynamic_shapes, tuning_log):
+    from lowbit.frontends.torch_export import import_torch
+
+    if example_inputs is None:
+        raise ModelError("compiling a torch module needs example_inputs (a tensor or a tuple of tensors, as "
+                         "torch.export takes them): lowbit.compile(model, (x,), target='cpu')")
+    imported = import_torch(model, example_inputs, dynamic_shapes)
+    compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress,
+                                  tuning_log=tuning_log)
+    return CompiledModel(compiled, info, _imported_manifest(imported, compiled, info, "torch"))
+
+
+def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto", dump_ir=None,  # noqa: A001,A002
+            progress=False, method="rtn", calibration=None, dynamic_shapes=None, tuning_log=None):
     """Compile a model into a :class:`CompiledModel`.
 
     Parameters
     ----------
-    model : Sequential, str, os.PathLike or onnx.ModelProto
-        A layer sequence (``lowbit.compiler.graph``; float ``Linear`` layers need ``format``), or an ONNX model
-        (a path or a ModelProto) whose quantized MatMul / Gemm patterns become lowbit kernels.
+    model : Sequential, str, os.PathLike, onnx.ModelProto or torch.nn.Module
+        A layer sequence (``lowbit.compiler.graph``; float ``Linear`` layers need ``format``), an ONNX model
+        (a path or a ModelProto) whose quantized MatMul / Gemm patterns become lowbit kernels, or a torch module
+        whose ``nn.Linear`` layers were quantized by ``lowbit.quantize_model`` (through ``torch.export``).
+    example_inputs : torch.Tensor or tuple of torch.Tensor
+        torch modules only: inputs to trace with (dim 0 becomes symbolic where torch.export allows).
     target : "cpu", dict or TargetInfo
         Where the code runs (default: this CPU, features detected).
     format : str or format object, optional
@@ -126,17 +153,38 @@ def compile(model, target="cpu", format=None, kernel="auto", dump_ir=None, progr
     dump_ir : str, optional
         Folder to write the IR after each phase.
     progress : bool
-        Show a progress bar over the quantized layers while their kernels are built (ONNX models).
+        Show a progress bar over the quantized layers while their kernels are built (ONNX / torch models).
     tuning_log : None, str, os.PathLike or False
         Tuning records to take each M bucket's schedule from (``lowbit tune --log DIR``'s folder); None: the
         records shipped with lowbit for the target (``lowbit/tuning_logs/<target tag>/``); False: the rules'
         default schedules only. A bucket without a record faster than its default keeps the default; the
         manifest's ``plans`` say which (``source``: ``record`` or ``default``).
+    method : {"rtn", "gptq"}
+        How ``format`` quantizes float ONNX weights; ``gptq`` needs ``calibration``.
+    calibration : dict, list of dicts or .npz path, optional
+        ONNX calibration batches ``{input name: array}`` for ``method="gptq"``.
+    dynamic_shapes : optional
+        torch modules only: ``torch.export``'s ``dynamic_shapes`` for the example inputs.
     """
+    from lowbit.frontends.quantize import check_method, is_torch_module
+
+    if is_torch_module(model):
+        if format is not None or method != "rtn" or calibration is not None:
+            raise ModelError("format / method / calibration quantize ONNX and Sequential models on the way; a torch "
+                             "module is quantized first, in place: lowbit.quantize_model(model, formats=..., "
+                             "method=..., calibration=...), then lowbit.compile(model, example_inputs)")
+        return _compile_torch(model, example_inputs, resolve_target(target), kernel, dump_ir, progress,
+                              dynamic_shapes, tuning_log)
+    if example_inputs is not None:
+        raise ModelError(f"example_inputs are for torch modules, not {type(model).__name__}; pass the target by "
+                         "keyword: lowbit.compile(model, target='cpu')")
+    if format is not None:
+        check_method(method, calibration)
     if is_onnx_model(model):
-        return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress, tuning_log)
+        return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress, method,
+                             calibration, tuning_log)
     if not isinstance(model, Sequential):
-        raise WeightError(f"lowbit.compile takes an ONNX model (path or onnx.ModelProto) or a "
+        raise WeightError(f"lowbit.compile takes an ONNX model (path or onnx.ModelProto), a torch module or a "
                           f"lowbit.compiler.graph.Sequential, got {type(model).__name__}")
     if format is not None:
         model = quantize_sequential(model, format)

@@ -411,32 +411,46 @@ def _quantize_uniform(grouped, fmt):
     if fmt.symmetric:
         half = 2 ** (fmt.bits - 1)
         scales = _safe_scale(np.abs(grouped).max(axis=2) / (half - 1))
-        q = np.rint(grouped / scales[..., None].astype(np.float64))
-        return (np.clip(q, -half, half - 1) + half).astype(np.uint8), scales, None
+        return encode(grouped, fmt, scales), scales, None
     rmin = np.minimum(grouped.min(axis=2), 0.0)
     rmax = np.maximum(grouped.max(axis=2), 0.0)
     scales = _safe_scale((rmax - rmin) / qmax)
-    s64 = scales.astype(np.float64)
-    zeros = np.clip(np.rint(-rmin / s64), 0, qmax)
-    q = np.clip(np.rint(grouped / s64[..., None]) + zeros[..., None], 0, qmax)
-    return q.astype(np.uint8), scales, zeros.astype(np.uint8)
+    zeros = np.clip(np.rint(-rmin / scales.astype(np.float64)), 0, qmax).astype(np.uint8)
+    return encode(grouped, fmt, scales, zeros), scales, zeros
 
 
 def _quantize_ternary(grouped, fmt):
     scales = _safe_scale(np.abs(grouped).mean(axis=2))
-    q = np.clip(np.rint(grouped / scales[..., None].astype(np.float64)), -1, 1) + 1
-    return q.astype(np.uint8), scales, None
+    return encode(grouped, fmt, scales), scales, None
 
 
 def _quantize_codebook(grouped, fmt):
     levels = np.asarray(fmt.levels, np.float64)
     scales = _safe_scale(np.abs(grouped).max(axis=2) / np.abs(levels).max())
-    normalized = grouped / scales[..., None].astype(np.float64)
+    return encode(grouped, fmt, scales), scales, None
+
+
+def encode(grouped, fmt, scales, zeros=None):
+    """Codes of float weights for given group scales (and zero points): round to the nearest representable value.
+
+    ``grouped`` is (N, G, c) (``c`` weights of each of the G groups), ``scales`` and ``zeros`` are (N, G).
+    This is the rounding step of :func:`quantize`; GPTQ calls it column by column with the scales it fixed.
+    """
+    grouped = np.asarray(grouped, np.float64)
+    normalized = grouped / np.asarray(scales, np.float32)[..., None].astype(np.float64)
+    if fmt.kind == "ternary":
+        return (np.clip(np.rint(normalized), -1, 1) + 1).astype(np.uint8)
+    if fmt.kind == "uniform":
+        qmax = 2 ** fmt.bits - 1
+        if fmt.symmetric:
+            half = 2 ** (fmt.bits - 1)
+            return (np.clip(np.rint(normalized), -half, half - 1) + half).astype(np.uint8)
+        return np.clip(np.rint(normalized) + np.asarray(zeros, np.float64)[..., None], 0, qmax).astype(np.uint8)
+    levels = np.asarray(fmt.levels, np.float64)
     # nearest level by binary search over the sorted levels (no (N, K, 2**bits) temporary)
     order = np.argsort(levels, kind="stable")
     sorted_levels = levels[order]
     right = np.clip(np.searchsorted(sorted_levels, normalized), 1, len(levels) - 1)
     left = right - 1
     pick_left = (normalized - sorted_levels[left]) <= (sorted_levels[right] - normalized)
-    index = np.where(pick_left, left, right)
-    return order[index].astype(np.uint8), scales, None
+    return order[np.where(pick_left, left, right)].astype(np.uint8)

@@ -1,8 +1,9 @@
 """The one compile pipeline, phase by phase: quantized layers -> kernels -> Relax graph -> build.
 
-Models from a frontend (ONNX) go through :func:`run_relax_pipeline` (``dump_ir`` writes the IR after each):
+Models from a frontend (ONNX, torch) go through :func:`run_relax_pipeline` (``dump_ir`` writes the IR after each):
 0. ``import``: the frontend's Relax module, quantized weights as ``lowbit_w{i}`` placeholder parameters.
-1. ``lower``: ``LowerQuantizedMatmul`` replaces each placeholder matmul by its layer's M-bucket kernel.
+1. ``lower``: ``LowerQuantizedMatmul`` replaces each placeholder matmul by its layer's M-bucket kernel
+   (the whole module in ``1-lower.txt``, each scheduled TensorIR kernel in ``1-lower-tir/<function>.txt``).
 2. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's Relax and TIR pipelines.
 
 A :class:`Sequential` goes through :func:`run_pipeline`:
@@ -50,6 +51,15 @@ def _dump(dump_dir, phase, text):
         os.makedirs(dump_dir, exist_ok=True)
         with open(os.path.join(dump_dir, f"{phase}.txt"), "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def _dump_kernels(dump_dir, phase, mod):
+    """One file per TensorIR function of ``mod`` under ``<dump_dir>/<phase>-tir/``."""
+    if not dump_dir:
+        return
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc):
+            _dump(os.path.join(dump_dir, f"{phase}-tir"), gvar.name_hint, func.script())
 
 
 def build_kernels(model, target, kernel, bb, tuning_log=None):
@@ -112,6 +122,7 @@ def run_pipeline(model, target, kernel="auto", dump_ir=None, tuning_log=None):
     bb = relax.BlockBuilder()
     kernels = build_kernels(model, target, kernel, bb, tuning_log)
     _dump(dump_ir, "1-kernels", bb.get().script())
+    _dump_kernels(dump_ir, "1-kernels", bb.get())
     params = build_graph(model, kernels, bb)
     mod = bb.get()
     _dump(dump_ir, "2-graph", mod.script())
@@ -134,8 +145,14 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
     _dump(dump_ir, "0-import", mod.script())
     lower = LowerQuantizedMatmul(imported.quantized, target, kernel=kernel, progress=progress,
                                  tuning_log=False if database is None else database)
-    mod = lower(mod)
+    try:
+        mod = lower(mod)
+    except Exception:  # noqa: BLE001 (TVM wraps the pass's own error in a RuntimeError: re-raise that one)
+        if lower.failure is not None:
+            raise lower.failure from None
+        raise
     _dump(dump_ir, "1-lower", mod.script())
+    _dump_kernels(dump_ir, "1-lower", mod)
     executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
                                 tir_pipeline=tir_pipeline())
     _dump(dump_ir, "2-build", executable.as_text())

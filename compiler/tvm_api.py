@@ -104,3 +104,10 @@ def tune_context(mod, target):
     finally:
         if stand_in:
             del sys.modules[name]
+
+
+def torch_importer():
+    """TVM's torch ``ExportedProgram`` -> Relax importer (``tvm.relax.frontend.torch.from_exported_program``)."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    return from_exported_program

@@ -87,7 +87,7 @@ def load_onnx(model):
     return proto
 
 
-def import_onnx(model, format=None):  # noqa: A002 (the option's public name)
+def import_onnx(model, format=None, weights=None):  # noqa: A002 (the option's public name)
     """Import an ONNX model (path or ``onnx.ModelProto``) for lowbit; returns :class:`ImportedModel`.
 
     Parameters
@@ -95,6 +95,8 @@ def import_onnx(model, format=None):  # noqa: A002 (the option's public name)
     model : str, os.PathLike or onnx.ModelProto
     format : str or format object, optional
         Also quantize the constant float weights of MatMul / Gemm to this format (lowbit's RTN).
+    weights : dict of str -> QuantizedWeight, optional
+        Quantized weights of float MatMul / Gemm nodes, by node name (``onnx_quantize.quantize_onnx_layers``).
     """
     from lowbit.frontends.onnx_patterns import find_matches
 
@@ -102,7 +104,7 @@ def import_onnx(model, format=None):  # noqa: A002 (the option's public name)
     name_nodes(proto.graph)
     check_references(proto.graph)
     graph = OnnxGraph(proto.graph)
-    matches = find_matches(graph, format)
+    matches = find_matches(graph, format, weights)
     quantized = _rewrite(proto, graph, matches)
     check_supported(proto)
     mod = _to_relax(proto)

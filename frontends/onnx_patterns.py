@@ -12,7 +12,8 @@ through :class:`OnnxGraph` and never edits it; the frontend applies the matches.
   its exact quantization: it becomes ``DequantizeLinear(DynamicQuantizeLinear(x))`` in float.
 - ``qlinearmatmul``: ``QLinearMatMul`` with a constant 8-bit weight: ``DequantizeLinear`` of the activation,
   the lowbit layer, ``QuantizeLinear`` of the result.
-- ``float``: with a format, ``MatMul`` / ``Gemm`` of a constant float weight, quantized with lowbit's RTN.
+- ``float``: with a format, ``MatMul`` / ``Gemm`` of a constant float weight, quantized with lowbit's RTN; or
+  given precomputed weights (``frontends/onnx_quantize.py``: GPTQ), the layers they name.
 """
 import dataclasses
 import warnings
@@ -227,24 +228,42 @@ def _scale_factors(graph, name, dql):
     return None if left is None or right is None else left + right
 
 
-def find_matches(graph, fmt=None):
-    """Every quantized linear layer of ``graph`` (and, with ``fmt``, every constant float MatMul / Gemm)."""
+def _precomputed_weight(weights):
+    """A weight resolver that returns the QuantizedWeight already computed for the node (GPTQ, by node name)."""
+
+    def resolve(graph, node, name, k_axis):
+        value = graph.array(name, node, "weight")
+        if value is None or np.ndim(value) != 2 or not np.issubdtype(value.dtype, np.floating):
+            return None
+        return weights.get(node.name)
+
+    return resolve
+
+
+def find_matches(graph, fmt=None, weights=None):
+    """Every quantized linear layer of ``graph``; with ``fmt``, every constant float MatMul / Gemm too (RTN),
+    and with ``weights`` (node name -> QuantizedWeight, e.g. from GPTQ) the float layers it names."""
+    if fmt is not None and weights is not None:
+        raise ModelError("pass either a format (lowbit quantizes float weights) or precomputed weights, not both")
+    float_resolver = _float_weight(fmt) if fmt is not None else None
+    if weights is not None:
+        float_resolver = _precomputed_weight(weights)
     matches = []
     for node in graph.nodes:
-        match = _match_node(graph, node, fmt)
+        match = _match_node(graph, node, float_resolver)
         if match is not None:
             matches.append(match)
     return matches
 
 
-def _match_node(graph, node, fmt):
+def _match_node(graph, node, float_resolver):
     if node.op_type in ("MatMul", "Gemm"):
         matcher = match_matmul if node.op_type == "MatMul" else match_gemm
         match = matcher(graph, node, _dequantized_weight)
         if match is not None:
             match.pattern = "qdq"
-        elif fmt is not None:
-            match = matcher(graph, node, _float_weight(fmt))
+        elif float_resolver is not None:
+            match = matcher(graph, node, float_resolver)
             if match is not None:
                 match.pattern = "float"
         return match

@@ -10,6 +10,8 @@ _LAZY = {
     "compile": ("lowbit.compiler.api", "compile"),
     "quantize": ("lowbit.compiler.formats", "quantize"),
     "parse_format": ("lowbit.compiler.formats", "parse_format"),
+    "quantize_model": ("lowbit.frontends.quantize", "quantize_model"),
+    "export_onnx": ("lowbit.frontends.torch_onnx", "export_onnx"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -18,6 +18,8 @@ COMMANDS = {
     "run": ("lowbit.commands.run", "run an artifact on .npy inputs"),
     "measure": ("lowbit.commands.measure", "time exported tuning candidates on this machine (runtime only)"),
     "tune": ("lowbit.commands.tune", "autotune the mpGEMM kernels of a model (or one shape) into a tuning log"),
+    "decoder": ("lowbit.commands.decoder", "model demo / benchmark: an onnxruntime-quantized decoder vs onnxruntime"),
+    "quantize": ("lowbit.commands.quantize", "quantize a float ONNX model and write it as quantized ONNX"),
 }
 
 

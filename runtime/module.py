@@ -159,6 +159,8 @@ def _shape_text(shape):
 def _checked(array, spec):
     """Return ``array`` as a contiguous ndarray if its dtype and shape fit ``spec``; else raise InputError."""
     name, expected = spec["name"], _shape_text(spec["shape"])
+    if isinstance(array, np.generic):  # a NumPy scalar (np.float32(0.5)) is a 0-d array of its dtype
+        array = np.asarray(array)
     if not isinstance(array, np.ndarray):
         raise InputError(f"input {name!r} is a {type(array).__name__}, expected a NumPy array "
                          f"{spec['dtype']}{expected}: convert it with np.asarray(..., dtype=np.{spec['dtype']})")
@@ -173,4 +175,4 @@ def _checked(array, spec):
             limit = f"{want} >= 1" if isinstance(want, str) else str(want)
             raise InputError(f"input {name!r} has shape {array.shape}, expected {expected}: axis {axis} is {got}, "
                              f"must be {limit}; pass an array of shape {expected}")
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array) if array.ndim else array  # ascontiguousarray makes 0-d arrays 1-d

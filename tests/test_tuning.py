@@ -252,8 +252,9 @@ def test_compile_follows_the_log(tuned_log):
     plan = linear.plans["m2-8"]
     best = records.best_record(database.records, "decode_a8", dataclasses.asdict(default_plan(_small_layout(),
                                                                                              M2_8)[1]))
-    if best is None:
-        assert plan.source == "default" and result.best_config == dataclasses.asdict(plan.config)
+    if best is None:  # nothing beat the default by MIN_GAIN (the tuner's fastest may still be within noise)
+        assert plan.source == "default" and plan.config == default_plan(_small_layout(), M2_8)[1]
+        assert result.best_config == dataclasses.asdict(plan.config) or result.speedup < 1 / records.MIN_GAIN
     else:
         assert plan.source == "record" and dataclasses.asdict(plan.config) == best["config"]
     assert {linear.plans[key].source for key in ("m1", "m9-32", "m33+")} == {"default"}  # nothing tuned there

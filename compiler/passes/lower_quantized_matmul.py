@@ -17,7 +17,7 @@ import numpy as np
 
 from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer
 from lowbit.compiler.tvm_api import relax, tvm
-from lowbit.errors import KernelError
+from lowbit.errors import KernelError, LowbitError
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 
@@ -82,8 +82,17 @@ class LowerQuantizedMatmul:
         self.layers, self.target, self.kernel, self.progress = dict(layers), target, kernel, progress
         self.tuning_log = tuning_log
         self.params, self.plans = [], []
+        self.failure = None  # the LowbitError that stopped the pass, if any
 
     def transform_module(self, mod, _ctx):  # noqa: D102 (module pass hook)
+        # TVM's pass infrastructure re-raises Python exceptions as RuntimeError: keep ours for the caller
+        try:
+            return self._transform(mod)
+        except LowbitError as err:
+            self.failure = err
+            raise
+
+    def _transform(self, mod):
         lowerer = _MatmulLowerer(mod, {})
         for index, (placeholder, layer) in enumerate(self._iter_layers()):
             lowerer.kernels[placeholder] = self._add_kernel(lowerer.builder_, index, layer)

@@ -1,6 +1,8 @@
 """``lowbit compile``: compile a quantized ONNX model into one artifact file."""
 import os
 
+from lowbit.commands.quantize import add_method_arguments
+
 HELP = "compile a quantized ONNX model into a .lowbit artifact"
 
 
@@ -12,7 +14,10 @@ def add_arguments(parser):
                         help="kernel family for the quantized layers (default: auto)")
     parser.add_argument("--format", metavar="NAME",
                         help="also quantize the float MatMul / Gemm weights to this format (w4g128, w8, ...)")
-    parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
+    add_method_arguments(parser)
+    parser.add_argument("--dump-ir", metavar="DIR",
+                        help="write the IR after each pipeline phase to DIR (Relax before / after lowering, "
+                             "TIR per kernel, the built module)")
     logs = parser.add_mutually_exclusive_group()
     logs.add_argument("--tuning-log", metavar="DIR",
                       help="tuning records to take schedules from (`lowbit tune --log DIR`; default: the records "
@@ -30,8 +35,11 @@ def run(args):
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise ModelError(f"cannot write {args.output!r}: folder {folder!r} does not exist; create it first")
+    if args.format is None and (args.method != "rtn" or args.calibration is not None):
+        raise ModelError("--method / --calibration choose how --format quantizes float weights: add --format NAME")
     compiled = lowbit.compile(args.model, target=args.target, format=args.format, kernel=args.kernel,
-                              dump_ir=args.dump_ir, progress=True,
+                              dump_ir=args.dump_ir, progress=True, method=args.method,
+                              calibration=args.calibration,
                               tuning_log=False if args.no_tuning_log else args.tuning_log)
     compiled.save(args.output)
     _print_summary(compiled.manifest, args.output)

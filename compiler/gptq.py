@@ -1,0 +1,119 @@
+"""GPTQ: quantize a linear layer's weight with second-order error feedback from calibration inputs.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers" (2022),
+Algorithm 1 with lazy batch updates. The layer's output error on inputs ``X`` (rows of activations, (T, K)) is
+``||X (W - Q)^T||^2``, whose Hessian in each row of ``W`` is ``H = 2 X^T X``. Columns of ``W`` (along K) are
+rounded one at a time; each column's rounding error, divided by the diagonal of the Cholesky factor of
+``H^-1``, is subtracted from the columns not yet rounded, so correlated inputs absorb it.
+
+Group scales (and zero points) come from the format's own round-to-nearest rule
+(:func:`lowbit.compiler.formats.quantize`) applied to the group's columns *as updated* when the group's first
+column is reached, so the result is an ordinary :class:`QuantizedWeight` of that format: the kernels cannot
+tell it from RTN. Columns keep their order (no act-order: it would need a K permutation in the format).
+"""
+import dataclasses
+
+import numpy as np
+
+from lowbit.compiler.formats import QuantizedWeight, encode, parse_format, quantize
+from lowbit.errors import WeightError
+
+DEFAULT_DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
+
+
+def hessian(inputs, K):
+    """Accumulate ``X^T X`` (float64, (K, K)) over calibration batches whose last dim is K; returns (H, rows)."""
+    total, rows = np.zeros((K, K), np.float64), 0
+    for batch in inputs:
+        x = np.asarray(batch, np.float64)
+        if x.shape[-1] != K:
+            raise WeightError(f"calibration input has last dimension {x.shape[-1]}; the layer takes K={K}")
+        x = x.reshape(-1, K)
+        total += x.T @ x
+        rows += x.shape[0]
+    if rows == 0:
+        raise WeightError("no calibration rows reached the layer: pass at least one calibration batch")
+    return total, rows
+
+
+def _inverse_cholesky(H, damp):
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (GPTQ's ``Hinv``)."""
+    K = H.shape[0]
+    H = H + np.eye(K) * damp * max(float(np.mean(np.diag(H))), np.finfo(np.float64).tiny)
+    try:
+        lower = np.linalg.cholesky(np.linalg.inv(H))
+    except np.linalg.LinAlgError as err:
+        raise WeightError(f"GPTQ: the damped calibration Hessian is not positive definite ({err}); raise damp "
+                          f"above {damp} or give more calibration rows") from err
+    return lower.T
+
+
+def _group_params(block, fmt):
+    """(N,) scales and zeros of one group from its current (error-updated) columns, by the format's RTN rule."""
+    per_group = quantize(block, dataclasses.replace(fmt, group_size=None))
+    zeros = None if per_group.zeros is None else per_group.zeros[:, 0]
+    return per_group.scales[:, 0], zeros
+
+
+def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
+    """GPTQ-quantize ``weight`` (N, K) to ``fmt`` given the calibration Hessian ``H`` = X^T X (K, K).
+
+    Returns a :class:`QuantizedWeight` of ``fmt`` (group scales from the updated weights, see module docstring).
+    """
+    fmt = parse_format(fmt)
+    W = np.array(weight, np.float64)
+    N, K = W.shape
+    if H.shape != (K, K):
+        raise WeightError(f"GPTQ: Hessian has shape {H.shape}; the weight (N, K) = {W.shape} needs ({K}, {K})")
+    if fmt.group_size and K % fmt.group_size:
+        raise WeightError(f"{fmt.name}: group size {fmt.group_size} does not divide K={K}: pick a group size "
+                          "that divides K")
+    H = np.array(H, np.float64)
+    dead = np.diag(H) == 0  # inputs never seen: any weight there is free, set it to 0 (as GPTQ does)
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    Hinv = _inverse_cholesky(H, damp)
+    group = fmt.group_size or K
+    codes = np.zeros((N, K), np.uint8)
+    scales = np.zeros((N, K // group), np.float32)
+    zeros = np.zeros((N, K // group), np.uint8) if fmt.has_zeros else None
+    block = group if fmt.group_size else min(K, 128)
+    for start in range(0, K, block):
+        stop = min(start + block, K)
+        if start % group == 0:
+            index = start // group
+            scales[:, index], group_zeros = _group_params(W[:, start:start + group].astype(np.float32), fmt)
+            if zeros is not None:
+                zeros[:, index] = group_zeros
+        index = start // group
+        errors = _quantize_block(W, Hinv, start, stop, fmt, codes, scales[:, index],
+                                 None if zeros is None else zeros[:, index])
+        W[:, stop:] -= errors @ Hinv[start:stop, stop:]
+    return QuantizedWeight(fmt, codes, scales, zeros)
+
+
+def _quantize_block(W, Hinv, start, stop, fmt, codes, scale, zero):
+    """Round columns [start, stop) one by one with error feedback inside the block; returns the scaled errors."""
+    block = W[:, start:stop]
+    errors = np.zeros_like(block)
+    zero_column = None if zero is None else zero[:, None]
+    levels = None if fmt.kind != "codebook" else np.asarray(fmt.levels, np.float64)
+    for i in range(stop - start):
+        column = block[:, i]
+        q = encode(column[:, None, None], fmt, scale[:, None], zero_column)[:, 0, 0]
+        codes[:, start + i] = q
+        dequantized = _dequantize_column(q, fmt, scale, zero, levels)
+        err = (column - dequantized) / Hinv[start + i, start + i]
+        block[:, i:] -= np.outer(err, Hinv[start + i, start + i:stop])
+        errors[:, i] = err
+    return errors
+
+
+def _dequantize_column(q, fmt, scale, zero, levels):
+    scale = scale.astype(np.float64)
+    if levels is not None:
+        return scale * levels[q]
+    if zero is not None:
+        return scale * (q.astype(np.float64) - zero)
+    offset = 1.0 if fmt.kind == "ternary" else float(2 ** (fmt.bits - 1))
+    return scale * (q.astype(np.float64) - offset)

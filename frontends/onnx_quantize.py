@@ -1,0 +1,142 @@
+"""Quantize the float ``MatMul`` / ``Gemm`` layers of an ONNX model (round to nearest, or GPTQ).
+
+Takes a float ONNX model; finds every ``MatMul`` / ``Gemm`` whose weight is a constant 2-D float tensor;
+quantizes each weight, as (N, K), to one lowbit format. For GPTQ each layer's Hessian ``X^T X`` comes from its
+input activations, read by running the float model in onnxruntime (graph optimizations off, so every tensor
+keeps its name) on the calibration batches with the activations added as graph outputs. Hessians come from
+the float model's activations (not re-run after earlier layers are quantized).
+
+Returns the quantized weights by node name: :func:`quantize_onnx_layers` hands them to the compiler's ONNX
+frontend (``import_onnx(weights=...)``), :func:`quantize_onnx` writes them into the model as ONNX
+(``frontends/onnx_export.py``: blocked ``DequantizeLinear`` or ``MatMulNBits``).
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+from lowbit.errors import ModelError
+
+
+@dataclasses.dataclass
+class FloatLayer:
+    """A float linear layer of the graph: ``node`` computes ``activation @ weight^T`` (+ bias)."""
+
+    node: object
+    weight: np.ndarray  # (N, K) float32
+    k_axis: int  # axis of K in the stored weight: 0 for MatMul (K, N), 1 for Gemm transB=1 (N, K)
+    activation: str
+    transposed_activation: bool = False  # Gemm transA=1: the layer's rows are the columns of ``activation``
+
+
+def float_layers(graph):
+    """Every MatMul / Gemm of ``graph`` (an OnnxGraph) whose weight is a constant 2-D float tensor."""
+    from lowbit.frontends.onnx_graph import attribute
+
+    layers = []
+    for node in graph.nodes:
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        value = graph.array(node.input[1], node, "weight")
+        if value is None or value.ndim != 2 or not np.issubdtype(value.dtype, np.floating):
+            continue
+        k_axis = attribute(node, "transB", 0) if node.op_type == "Gemm" else 0
+        weight = (value.T if k_axis == 0 else value).astype(np.float32)
+        layers.append(FloatLayer(node, weight, k_axis, node.input[0],
+                                 node.op_type == "Gemm" and bool(attribute(node, "transA", 0))))
+    return layers
+
+
+def calibration_feeds(calibration, input_names):
+    """Calibration as a list of ``{input name: array}`` feeds (from a dict, a list of dicts or an .npz path)."""
+    if isinstance(calibration, (str, os.PathLike)):
+        path = os.fspath(calibration)
+        if not os.path.isfile(path):
+            raise ModelError(f"calibration file {path!r} does not exist; write one with np.savez(path, "
+                             "input_name=array, ...)")
+        with np.load(path, allow_pickle=False) as data:
+            calibration = {name: data[name] for name in data.files}
+    feeds = [calibration] if isinstance(calibration, dict) else list(calibration)
+    if not feeds:
+        raise ModelError("calibration is empty: give at least one batch {input name: array}")
+    for index, feed in enumerate(feeds):
+        if not isinstance(feed, dict):
+            raise ModelError(f"calibration batch {index} is a {type(feed).__name__}; ONNX calibration batches are "
+                             "dicts {input name: array}")
+        missing = sorted(set(input_names) - set(feed))
+        if missing:
+            raise ModelError(f"calibration batch {index} lacks model inputs {missing} (it has {sorted(feed)}); "
+                             f"the model's inputs are {list(input_names)}")
+    return [{name: np.asarray(feed[name]) for name in input_names} for feed in feeds]
+
+
+def layer_hessians(proto, layers, calibration):
+    """``X^T X`` (float64, (K, K)) of each layer's input rows over the calibration batches, by node name."""
+    import onnxruntime as ort
+
+    from lowbit.compiler.gptq import hessian
+
+    probe = _with_outputs(proto, layers)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_names = [value.name for value in session.get_inputs()]
+    names = sorted({layer.activation for layer in layers})
+    # one running X^T X per (activation, orientation): batches are not kept
+    sums = {(layer.activation, layer.transposed_activation): None for layer in layers}
+    for feed in calibration_feeds(calibration, input_names):
+        values = dict(zip(names, session.run(names, feed)))
+        for (name, transposed), total in sums.items():
+            value = np.asarray(values[name])
+            K = value.shape[0] if transposed else value.shape[-1]
+            batch, _ = hessian([value.T if transposed else value], K)
+            sums[(name, transposed)] = batch if total is None else total + batch
+    return {layer.node.name: sums[(layer.activation, layer.transposed_activation)] for layer in layers}
+
+
+def _with_outputs(proto, layers):
+    """A copy of ``proto`` whose graph also outputs every layer's activation."""
+    import onnx
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    present = {value.name for value in probe.graph.output}
+    for layer in layers:
+        if layer.activation not in present:
+            elem = helper.np_dtype_to_tensor_dtype(layer.weight.dtype)
+            probe.graph.output.append(helper.make_tensor_value_info(layer.activation, elem, None))
+            present.add(layer.activation)
+    return probe
+
+
+def quantize_onnx_layers(model, fmt, method="rtn", calibration=None):
+    """Quantize the float layers of ``model``: returns (named ModelProto, layers, {node name: QuantizedWeight})."""
+    from lowbit.frontends.onnx import load_onnx
+    from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
+    from lowbit.frontends.quantize import quantize_weight
+
+    proto = load_onnx(model)
+    name_nodes(proto.graph)
+    check_references(proto.graph)
+    layers = float_layers(OnnxGraph(proto.graph))
+    if not layers:
+        raise ModelError("the ONNX model has no float MatMul / Gemm with a constant 2-D weight to quantize")
+    hessians = layer_hessians(proto, layers, calibration) if method == "gptq" else {}
+    weights = {}
+    for layer in layers:
+        try:
+            weights[layer.node.name] = quantize_weight(layer.weight, fmt, method, hessians.get(layer.node.name))
+        except ValueError as err:
+            raise ModelError(f"node {layer.node.name!r} ({layer.node.op_type}, weight {layer.node.input[1]!r}, "
+                             f"N x K = {layer.weight.shape}): {err}") from err
+    return proto, layers, weights
+
+
+def quantize_onnx(model, fmt, method="rtn", calibration=None, style="qdq"):
+    """Quantize a float ONNX model and return it as a quantized ``onnx.ModelProto`` (``style``: ``qdq`` =
+    blocked ``DequantizeLinear`` of the integers, ``matmulnbits`` = ``com.microsoft.MatMulNBits``)."""
+    from lowbit.frontends.onnx_export import write_quantized
+
+    proto, layers, weights = quantize_onnx_layers(model, fmt, method, calibration)
+    return write_quantized(proto, layers, weights, style)
