@@ -1,7 +1,9 @@
 """The CUDA kernels' weight layout: rows of packed words, each word's codes halfword-interleaved.
 
 Each output row ``n`` is one contiguous run of ``row_words`` 32-bit words along K (a multiple of 4, so a
-thread reads 4 words = 16 bytes with one 128-bit ``ld.global.v4``). Each K-group is padded to whole words.
+thread reads 4 words = 16 bytes with one 128-bit ``ld.global.v4``, and of whatever makes the padded K a
+multiple of 32, the tensor-core GEMM's K step). Each K-group is padded to whole words. Rows are padded to a
+multiple of 16 (one MMA tile) with zero scales.
 Inside a word the codes are *halfword-interleaved* (the FasterTransformer / Marlin order): slot ``i``
 (``k = group start + word*vpw + i``) sits at bit ``16*(i % 2) + bits*(i // 2)``, so that
 
@@ -13,17 +15,20 @@ conversion. ``vpw = 2 * (16 // bits)`` codes per word (3-bit: 10, wasting 2 bits
 
 Arrays:
 
-- ``W``  uint32 ``(N, row_words)``.
-- ``S``  float32 ``(N, Gn)``: group scales.
-- ``Z``  float32 ``(N, Gn)``: ``1024 + zero point`` (affine formats): ``w = S * (decoded - Z)``, exact.
+- ``W``  uint32 ``(Np, row_words)``, ``Np = padded_n``.
+- ``S``  float32 ``(Np, Gn)``: group scales (0 in the padding rows).
+- ``Z``  float32 ``(Np, Gn)``: ``1024 + zero point`` (affine formats): ``w = S * (decoded - Z)``, exact.
 - ``LV`` float32 ``(2**bits,)``: codebook levels (codebook formats): ``w = S * LV[code]``.
 """
 import dataclasses
+import math
 
 import numpy as np
 
 MAGIC = 1024  # binary16 0x6400
 VECTOR_WORDS = 4  # 128-bit loads
+MMA_K_STEP = 32  # codes per K step of the tensor-core GEMM (two m16n8k16 K slices)
+ROW_TILE = 16  # rows per MMA tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class CudaLayout:
     bits: int
     group_size: int
     decode: str  # "affine" (uniform, ternary) or "codebook"
+    dtype: str = "float16"  # activations and outputs: "float16" or "bfloat16"
 
     @property
     def codes_per_word(self):
@@ -54,9 +60,16 @@ class CudaLayout:
 
     @property
     def row_words(self):
-        """Words per row: all groups' words, padded to a multiple of 4 (one 128-bit load)."""
+        """Words per row: all groups' words, padded to a multiple of 4 (one 128-bit load) whose codes fill
+        whole GEMM K steps."""
         words = self.n_groups * self.words_per_group
-        return -(-words // VECTOR_WORDS) * VECTOR_WORDS
+        step = math.lcm(VECTOR_WORDS, MMA_K_STEP // math.gcd(MMA_K_STEP, self.codes_per_word))
+        return -(-words // step) * step
+
+    @property
+    def padded_n(self):
+        """Rows of the weight arrays: N rounded up to a multiple of 16."""
+        return -(-self.N // ROW_TILE) * ROW_TILE
 
     def slot_shift(self, slot):
         """Bit position of code ``slot`` in its word (halfword-interleaved)."""
@@ -70,15 +83,15 @@ class CudaLayout:
     def packed_bytes(self):
         """Bytes a kernel reads for the weights (words, scales and zero points)."""
         per_group = 4 if self.decode == "codebook" else 8
-        return self.N * (self.row_words * 4 + self.n_groups * per_group)
+        return self.padded_n * (self.row_words * 4 + self.n_groups * per_group)
 
 
-def cuda_layout_for(qw):
-    """The :class:`CudaLayout` of a QuantizedWeight."""
+def cuda_layout_for(qw, dtype="float16"):
+    """The :class:`CudaLayout` of a QuantizedWeight for ``dtype`` activations."""
     fmt = qw.format
     N, K = qw.codes.shape
     decode = "codebook" if fmt.kind == "codebook" else "affine"
-    return CudaLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, decode=decode)
+    return CudaLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, decode=decode, dtype=dtype)
 
 
 def pack_cuda_words(codes, layout):
@@ -89,16 +102,17 @@ def pack_cuda_words(codes, layout):
     if Gp != G:
         grouped = np.concatenate([grouped, np.zeros((N, layout.n_groups, Gp - G), np.uint32)], axis=2)
     per_word = grouped.reshape(N, layout.n_groups * layout.words_per_group, vpw)
-    words = np.zeros((N, layout.row_words), np.uint32)
+    words = np.zeros((layout.padded_n, layout.row_words), np.uint32)
     used = per_word.shape[1]
     for slot in range(vpw):
-        words[:, :used] |= per_word[..., slot] << np.uint32(layout.slot_shift(slot))
+        words[:N, :used] |= per_word[..., slot] << np.uint32(layout.slot_shift(slot))
     return words
 
 
 def unpack_cuda_words(words, layout):
     """Inverse of :func:`pack_cuda_words`: (N, K) uint8 codes (for tests and inspection)."""
-    N, vpw = words.shape[0], layout.codes_per_word
+    N, vpw = layout.N, layout.codes_per_word
+    words = words[:N]
     used = layout.n_groups * layout.words_per_group
     mask = np.uint32((1 << layout.bits) - 1)
     slots = [(words[:, :used] >> np.uint32(layout.slot_shift(s))) & mask for s in range(vpw)]
@@ -106,13 +120,19 @@ def unpack_cuda_words(words, layout):
     return codes[:, :, :layout.group_size].reshape(N, layout.K).astype(np.uint8)
 
 
-def relayout_cuda(qw):
+def _pad_rows(array, layout):
+    """(N, ...) -> (padded_n, ...) with zero rows appended."""
+    out = np.zeros((layout.padded_n,) + array.shape[1:], array.dtype)
+    out[:layout.N] = array
+    return out
+
+
+def relayout_cuda(qw, dtype="float16"):
     """Re-lay a QuantizedWeight into the CUDA kernel arrays: returns (CudaLayout, {name: array})."""
-    layout = cuda_layout_for(qw)
-    scales = np.ascontiguousarray(qw.scales, dtype=np.float32)
-    arrays = {"W": pack_cuda_words(qw.codes, layout), "S": scales}
+    layout = cuda_layout_for(qw, dtype)
+    arrays = {"W": pack_cuda_words(qw.codes, layout), "S": _pad_rows(qw.scales.astype(np.float32), layout)}
     if layout.decode == "affine":
-        arrays["Z"] = (qw.affine_zeros().astype(np.float32) + np.float32(MAGIC))
+        arrays["Z"] = _pad_rows(qw.affine_zeros().astype(np.float32) + np.float32(MAGIC), layout)
     else:
         arrays["LV"] = np.asarray(qw.format.levels, np.float32)
     return layout, arrays

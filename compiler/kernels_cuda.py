@@ -20,10 +20,11 @@ ACTIVATION_DTYPES = ("float16", "bfloat16")
 
 def _placeholders(layout, M, dtype, has_bias):
     X = te.placeholder((M, layout.K), dtype, name="X")
-    W = te.placeholder((layout.N, layout.row_words), "uint32", name="W")
-    S = te.placeholder((layout.N, layout.n_groups), F32, name="S")
+    Np = layout.padded_n
+    W = te.placeholder((Np, layout.row_words), "uint32", name="W")
+    S = te.placeholder((Np, layout.n_groups), F32, name="S")
     if layout.decode == "affine":
-        third = te.placeholder((layout.N, layout.n_groups), F32, name="Z")
+        third = te.placeholder((Np, layout.n_groups), F32, name="Z")
     else:
         third = te.placeholder((1 << layout.bits,), F32, name="LV")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
@@ -33,9 +34,9 @@ def _placeholders(layout, M, dtype, has_bias):
 def decoded_words(layout, W):
     """The decode stage ``WD[n, word, slot]`` (binary16 ``1024 + code``, or the uint32 code)."""
     if layout.decode == "affine":
-        return te.compute((layout.N, layout.row_words, layout.codes_per_word),
+        return te.compute((layout.padded_n, layout.row_words, layout.codes_per_word),
                           lambda n, j, i: magic_half(W[n, j], i, layout.bits), name="WD")
-    return te.compute((layout.N, layout.row_words, layout.codes_per_word),
+    return te.compute((layout.padded_n, layout.row_words, layout.codes_per_word),
                       lambda n, j, i: code_of(W[n, j], i, layout.bits), name="WD")
 
 
@@ -73,7 +74,7 @@ def _output(Y1, B, layout, M, dtype):
     return te.compute((M, layout.N), lambda m, n: (Y1[m, n] + B[n]).astype(dtype), name="Y")
 
 
-def gemv_compute(layout, M, rows, dtype="float16", has_bias=False):
+def gemv_compute(layout, M, rows, has_bias=False):
     """Small-M template: every row of X (padded to ``rows``) against each decoded word.
 
     Parameters
@@ -84,8 +85,9 @@ def gemv_compute(layout, M, rows, dtype="float16", has_bias=False):
     rows : int
         Rows computed per weight word (the bucket's upper bound); rows past M re-read row M-1 and are
         never stored, so the hot loop has no per-row predicate.
-    dtype : {"float16", "bfloat16"}
+    has_bias : bool
     """
+    dtype = layout.dtype
     X, W, S, third, B = _placeholders(layout, M, dtype, has_bias)
     WD = decoded_words(layout, W)
     j = te.reduce_axis((0, layout.row_words), name="j")
@@ -94,19 +96,26 @@ def gemv_compute(layout, M, rows, dtype="float16", has_bias=False):
     def row(m):
         return m if rows == 1 else tirx.min(m, M - 1)
 
-    Y1 = te.compute((rows, layout.N), lambda m, n: te.sum(
+    Y1 = te.compute((rows, layout.padded_n), lambda m, n: te.sum(
         activation(layout, X, row(m), j, i) * weight_value(layout, WD, S, third, n, j, i), axis=[j, i]), name="Y1")
     Y = _output(Y1, B, layout, M, dtype)
-    return te.create_prim_func([X, W, S, third] + ([B] if B is not None else []) + [Y])
+    return _prim_func(layout, [X, W, S, third] + ([B] if B is not None else []) + [Y])
 
 
-def gemm_compute(layout, M, m_tile, dtype="float16", has_bias=False):
+def _prim_func(layout, args):
+    """The PrimFunc of ``args``, with the layout facts its schedule rule needs as attributes."""
+    func = te.create_prim_func(args)
+    return func.with_attr("lowbit.bits", layout.bits)
+
+
+def gemm_compute(layout, M, m_tile, has_bias=False):
     """Large-M template for tensor cores: decode a tile of weights to ``dtype`` once, then an MMA GEMM.
 
     ``XP`` is X over the padded K axis (zero in the padding slots of a group, rows past M re-read row M-1),
     ``WF`` the dequantized weights in ``dtype`` (a shared-memory tile once scheduled; decoded with the same
     bit placement as the GEMV), ``Y1`` the float32 GEMM over ``Mp`` rows (M rounded up to ``m_tile``).
     """
+    dtype = layout.dtype
     X, W, S, third, B = _placeholders(layout, M, dtype, has_bias)
     vpw = layout.codes_per_word
     Kp = layout.row_words * vpw
@@ -123,9 +132,9 @@ def gemm_compute(layout, M, m_tile, dtype="float16", has_bias=False):
             value = S[n, g] * third[tirx.floormod(code_of(W[n, j], i, layout.bits).astype("int32"), 1 << layout.bits)]
         return value.astype(dtype)
 
-    WF = te.compute((layout.N, Kp), dequant, name="WF")
+    WF = te.compute((layout.padded_n, Kp), dequant, name="WF")
     k = te.reduce_axis((0, Kp), name="k")
-    Y1 = te.compute((Mp, layout.N), lambda m, n: te.sum(XP[m, k].astype(F32) * WF[n, k].astype(F32), axis=k),
+    Y1 = te.compute((Mp, layout.padded_n), lambda m, n: te.sum(XP[m, k].astype(F32) * WF[n, k].astype(F32), axis=k),
                     name="Y1")
     Y = _output(Y1, B, layout, M, dtype)
-    return te.create_prim_func([X, W, S, third] + ([B] if B is not None else []) + [Y])
+    return _prim_func(layout, [X, W, S, third] + ([B] if B is not None else []) + [Y])

@@ -9,7 +9,9 @@ import numpy as np
 
 from lowbit.compiler import dispatch
 from lowbit.compiler.intrinsics import x86_dot
+from lowbit.compiler.cuda_layout import CudaLayout, relayout_cuda
 from lowbit.compiler.layout import relayout, relayout_a8
+from lowbit.compiler.plans_cuda import cuda_plan
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
 from lowbit.errors import KernelError
@@ -58,8 +60,24 @@ def choose_kernel(qw, target, kernel):
     return "decode"
 
 
-def prepare_layer(qw, bias, target, kernel="auto"):
-    """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
+def _prepare_cuda_layer(qw, bias, kernel, dtype):
+    check_kernel(kernel)
+    if kernel not in ("auto", "decode"):
+        raise KernelError(f"kernel {kernel!r} is not built for CUDA targets: use 'decode' or 'auto' (decode GEMV "
+                          "for M <= 8, tensor-core GEMM above)")
+    layout, arrays = relayout_cuda(qw, dtype)
+    if bias is not None:
+        arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
+    return "decode", layout, arrays
+
+
+def prepare_layer(qw, bias, target, kernel="auto", dtype="float16"):
+    """Choose the kernel family and re-lay the weights for it: returns (kernel, layout, arrays).
+
+    ``dtype`` is the activation dtype of CUDA kernels (``float16`` or ``bfloat16``); CPU kernels take float32.
+    """
+    if target.kind == "cuda":
+        return _prepare_cuda_layer(qw, bias, kernel, dtype)
     chosen = choose_kernel(qw, target, kernel)
     relay = relayout_a8 if chosen == "a8" else relayout
     layout, arrays = relay(qw, target.vector_lanes)
@@ -69,6 +87,12 @@ def prepare_layer(qw, bias, target, kernel="auto"):
 
 
 def default_plan(layout, bucket):
+    if isinstance(layout, CudaLayout):
+        return cuda_plan(layout, bucket)
+    return _cpu_plan(layout, bucket)
+
+
+def _cpu_plan(layout, bucket):
     """The (rule, config) lowbit uses for a bucket when no tuning record says otherwise.
 
     Measured on a Sapphire-Rapids-class CPU (w4g128, 4096x4096): the accumulate kernel wins at M=1
@@ -88,21 +112,34 @@ def default_plan(layout, bucket):
 
 def _bucket_func(layout, bucket, has_bias, target):
     rule, config = default_plan(layout, bucket)
-    m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int64")
+    # GPU kernels index in int32 (TVM's MMA intrinsics and layouts assume it); CPU kernels in int64.
+    m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int32" if target.kind == "cuda" else "int64")
     func = rule.template(layout, bucket.lo if m_var is None else m_var, has_bias, config)
     sch = rule.apply(func, target, config)
     if sch is None:
         raise KernelError(f"schedule rule {rule.name} declined its own template for {bucket.key}")
-    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var is not None, (rule.name, config)
+    if target.kind == "cuda":  # placed inline in the dispatcher (dispatch.inline_dispatcher)
+        return sch.mod["main"], m_var, (rule.name, config)
+    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var, (rule.name, config)
+
+
+def activation_dtype(layout):
+    """dtype of X and Y of a layer's kernel: the CUDA layout's (float16 / bfloat16), float32 on CPUs."""
+    return getattr(layout, "dtype", "float32")
 
 
 def _dispatcher_buffers(layout, arrays, has_bias, m_var):
-    shapes = [("X", (m_var, layout.K), "float32")]
+    dtype = activation_dtype(layout)
+    shapes = [("X", (m_var, layout.K), dtype)]
     shapes += [(name, arrays[name].shape, str(arrays[name].dtype)) for name in layout.arg_names()]
     if has_bias:
         shapes.append(("B", (layout.N,), "float32"))
-    shapes.append(("Y", (m_var, layout.N), "float32"))
+    shapes.append(("Y", (m_var, layout.N), dtype))
     return [tirx.decl_buffer(shape, dtype, name) for name, shape, dtype in shapes]
+
+
+def _bucket_name(name, bucket):
+    return f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}"
 
 
 def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgemm",
@@ -113,9 +150,18 @@ def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgem
     Returns (dispatcher GlobalVar, {bucket key: (rule name, config)}).
     """
     calls, plans = [], {}
+    if target.kind == "cuda":
+        for bucket in buckets:
+            func, _, plans[bucket.key] = _bucket_func(layout, bucket, has_bias, target)
+            symbol = _bucket_name(name, bucket)
+            add_func(func.with_attrs({"global_symbol": symbol, "tirx.is_scheduled": True}), symbol)
+            calls.append((bucket, symbol))
+        m_var = tirx.Var("M", "int64")
+        main = dispatch.packed_dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls)
+        return add_func(main, name), plans
     for bucket in buckets:
         sub, takes_m, plan = _bucket_func(layout, bucket, has_bias, target)
-        gvar = add_func(sub, f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
+        gvar = add_func(sub, _bucket_name(name, bucket))
         calls.append((bucket, gvar, takes_m))
         plans[bucket.key] = plan
     m_var = tirx.Var("M", "int64")
@@ -159,7 +205,7 @@ class CompiledLinear:
         return y.numpy()
 
 
-def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS):
+def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, dtype="float16"):
     """Compile one quantized linear layer for ``target`` (default: this CPU).
 
     Parameters
@@ -169,12 +215,17 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     bias : np.ndarray of shape (N,), optional
     target : None, "cpu", dict or TargetInfo
     kernel : {"auto", "decode", "a8", "lut"}
+    dtype : {"float16", "bfloat16"}
+        Activation dtype of CUDA kernels (CPU kernels take float32).
     """
     info = resolve_target(target)
-    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel)
+    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel, dtype)
     from tvm import relax
 
+    from lowbit.compiler.cuda_build import cuda_build_context
+
     bb = relax.BlockBuilder()
-    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info)
-    lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
+    _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info, buckets=buckets)
+    with cuda_build_context(info):
+        lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
     return CompiledLinear(chosen, layout, arrays, lib["mpgemm"], plans, lib)

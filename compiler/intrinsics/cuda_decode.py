@@ -42,8 +42,13 @@ def intrin_name(bits):
     return f"lowbit_cuda_decode_u{bits}_magic"
 
 
-def _description(layout):
-    bits, vpw = layout.bits, layout.codes_per_word
+def codes_per_word(bits):
+    """Codes per 32-bit word in the halfword-interleaved layout (``CudaLayout.codes_per_word``)."""
+    return 2 * (16 // bits)
+
+
+def _description(bits):
+    vpw = codes_per_word(bits)
 
     @T.prim_func(s_tir=True)
     def desc(W: T.Buffer((1,), "uint32", offset_factor=1, scope="local"),
@@ -59,9 +64,9 @@ def _description(layout):
     return desc
 
 
-def _implementation(layout):
-    vpw = layout.codes_per_word
-    name = f"lowbit_decode_u{layout.bits}_magic"
+def _implementation(bits):
+    vpw = codes_per_word(bits)
+    name = f"lowbit_decode_u{bits}_magic"
 
     @T.prim_func(s_tir=True)
     def impl(W: T.Buffer((1,), "uint32", offset_factor=1, scope="local"),
@@ -75,8 +80,10 @@ def _implementation(layout):
 
 
 @functools.lru_cache(maxsize=None)
-def register(layout):
-    """Register (once per bits) the decode intrinsic for ``layout``; returns its name."""
-    name = intrin_name(layout.bits)
-    s_tir.TensorIntrin.register(name, _description(layout), _implementation(layout), override=True)
+def register(bits):
+    """Register (once) the decode intrinsic for ``bits``-bit codes; returns its name."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"no CUDA decode intrinsic for bits={bits} (1..8)")
+    name = intrin_name(bits)
+    s_tir.TensorIntrin.register(name, _description(bits), _implementation(bits), override=True)
     return name

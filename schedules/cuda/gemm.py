@@ -9,9 +9,10 @@ to float16/bfloat16 (the same bit placement as the GEMV), the activations staged
 rows past M dropped).
 """
 import dataclasses
+import functools
 
 from lowbit.compiler import kernels_cuda
-from lowbit.compiler.tvm_api import Schedule
+from lowbit.compiler.tvm_api import Schedule, s_tir
 from lowbit.schedules.cuda.gemv import _read_index, block_names
 
 MMA = 16  # m16n16k16 tiles (two mma.sync m16n8k16 each)
@@ -37,14 +38,27 @@ class GemmConfig:
         return MMA * self.warps_n * self.tiles_n
 
 
+STORE_F32_SHARED = "lowbit_mma_store_16x16_f32_shared"
+
+
+@functools.lru_cache(maxsize=None)
+def _register_store():
+    """MMA accumulators -> static shared memory. TVM registers the store for ``shared.dyn`` only; the
+    accumulator tile is kept out of the dynamic pool, where StorageRewrite would let it reuse the float16
+    staging buffers' bytes and the store's typed float32 pointer would no longer match."""
+    from tvm.s_tir.tensor_intrin.cuda import get_mma_store_intrin
+
+    s_tir.TensorIntrin.register(STORE_F32_SHARED, *get_mma_store_intrin("float32", 8, "shared"), override=True)
+    return STORE_F32_SHARED
+
+
 def _intrinsics(dtype):
     from tvm.s_tir.tensor_intrin import cuda as intrin
 
     if dtype != "float16":
         raise NotImplementedError(dtype)
     return (intrin.LDMATRIX_f16_A_DYN_INTRIN, intrin.LDMATRIX_f16_B_TRANS_DYN_INTRIN, intrin.MMA_f16f16f32_TRANS_B_INTRIN,
-            intrin.MMA_fill_16x16_f32_INTRIN, intrin.MMA_store_16x16_f32_shared_dyn_INTRIN,
-            intrin.shared_16x16_to_ldmatrix_32x8_layout)
+            intrin.MMA_fill_16x16_f32_INTRIN, _register_store(), intrin.shared_16x16_to_ldmatrix_32x8_layout)
 
 
 class DecodeGemmTensorCore:
@@ -52,12 +66,13 @@ class DecodeGemmTensorCore:
 
     name = "cuda_decode_gemm_mma"
 
-    def template(self, layout, M, has_bias, config, dtype="float16"):
-        return kernels_cuda.gemm_compute(layout, M, config.block_m, dtype, has_bias)
+    def template(self, layout, M, has_bias, config):
+        return kernels_cuda.gemm_compute(layout, M, config.block_m, has_bias)
 
-    def apply(self, func, target, config, layout, dtype="float16"):
-        if not {"XP", "WF", "Y1", "Y"} <= block_names(func):
+    def apply(self, func, target, config):
+        if target.kind != "cuda" or not {"XP", "WF", "Y1", "Y"} <= block_names(func):
             return None
+        dtype = func.params[0].dtype
         ld_a, ld_b, mma, fill, store, to_ldmatrix = _intrinsics(dtype)
         sch = Schedule(func)
         xp, wf, y1, y = (sch.get_sblock(name) for name in ("XP", "WF", "Y1", "Y"))
@@ -103,7 +118,7 @@ class DecodeGemmTensorCore:
         b_warp = sch.cache_read(outer, 1, "warp")
         sch.compute_at(a_warp, k1)
         sch.compute_at(b_warp, k1)
-        sch.set_scope(y1, 0, "shared.dyn")  # the block's accumulator tile, read by the epilogue
+        sch.set_scope(y1, 0, "shared")  # the block's accumulator tile, read by the epilogue
         acc = sch.cache_write(outer, 0, "warp")
         sch.reverse_compute_at(acc, warp)
         rows, cols = sch.get_loops(acc)[-2:]

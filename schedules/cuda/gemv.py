@@ -20,6 +20,11 @@ def block_names(func):
     return {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
+def param_names(func):
+    """Names of a PrimFunc's buffer params (``Z``: affine decode; ``LV``: codebook)."""
+    return {param.name for param in func.params}
+
+
 def _read_index(sch, block, name):
     """Position of buffer ``name`` among ``block``'s reads (cache_read takes a position)."""
     names = [region.source.name for region in sch.get(block).reads]
@@ -45,12 +50,13 @@ class DecodeGemv:
 
     name = "cuda_decode_gemv"
 
-    def template(self, layout, M, has_bias, config, dtype="float16"):
-        return kernels_cuda.gemv_compute(layout, M, config.rows, dtype, has_bias)
+    def template(self, layout, M, has_bias, config):
+        return kernels_cuda.gemv_compute(layout, M, config.rows, has_bias)
 
-    def apply(self, func, target, config, layout):
-        if not {"WD", "Y1", "Y"} <= block_names(func):
+    def apply(self, func, target, config):
+        if target.kind != "cuda" or not {"WD", "Y1", "Y"} <= block_names(func):
             return None
+        bits, affine = int(func.attrs["lowbit.bits"]), "Z" in param_names(func)
         sch = Schedule(func)
         wd, y1, y = sch.get_sblock("WD"), sch.get_sblock("Y1"), sch.get_sblock("Y")
         m, n, j, i = sch.get_loops(y1)
@@ -74,8 +80,8 @@ class DecodeGemv:
         sch.compute_at(words, jo)
         sch.vectorize(sch.get_loops(words)[-1])
         sch.decompose_reduction(rf, jo)
-        if layout.decode == "affine":
-            sch.tensorize(sch.get_loops(wd)[-1], cuda_decode.register(layout))
+        if affine:
+            sch.tensorize(sch.get_loops(wd)[-1], cuda_decode.register(bits))
             sch.annotate(words, "pragma_import_c", cuda_decode.header_source())
         else:
             sch.unroll(sch.get_loops(wd)[-1])  # decoded codes stay in registers: constant indices only
