@@ -1,18 +1,19 @@
-"""Build settings for CUDA targets: device code compiled by nvcc at compile time, cp.async enabled.
+"""Build settings for CUDA targets, and the device code an artifact carries (fatbins built by nvcc).
 
-``tvm.compile`` hands each CUDA module's source to the global function ``tvm_callback_cuda_compile``;
-TVM's default (nvrtc through the ``cuda-bindings`` package) is not installed here, and without a callback the
-module keeps CUDA source that would be compiled when loaded. :func:`cuda_build_context` registers a callback
-that runs ``nvcc -fatbin`` for the target's architecture (SASS for ``sm_XY`` plus PTX for the JIT of newer
-GPUs), so an artifact carries compiled device code and the GPU machine needs no compiler.
+TVM 0.27's CUDA modules keep their CUDA source and compile it when loaded, through the global function
+``tvm_callback_cuda_compile`` (TVM's own needs nvrtc from the ``cuda-bindings`` package, or nvcc, on the
+machine that runs the model). lowbit compiles every CUDA module's source with ``nvcc -fatbin`` at compile
+time instead (SASS for the target's ``sm_XY`` plus PTX, which newer GPUs JIT-compile), stores the fatbins in
+the artifact keyed by the sha256 of the source, and the runtime (:mod:`lowbit.runtime.cuda`) registers a
+callback that returns the stored fatbin for that source: no compiler on the GPU machine.
 """
 import contextlib
+import hashlib
 import shutil
 
 from lowbit.compiler.tvm_api import tvm
 from lowbit.errors import TargetError
 
-CALLBACK = "tvm_callback_cuda_compile"
 # InjectPTXAsyncCopy (global -> shared copies become cp.async) runs only with this pass option.
 PASS_CONFIG = {"tirx.use_async_copy": True}
 
@@ -26,7 +27,7 @@ def nvcc_path():
     return found
 
 
-def compile_device_code(source, arch):  # noqa: D401
+def compile_device_code(source, arch):
     """Compile CUDA ``source`` with nvcc into a fatbin for ``arch`` (bytes)."""
     from tvm.support import nvcc
 
@@ -36,22 +37,31 @@ def compile_device_code(source, arch):  # noqa: D401
         return bytes(nvcc.compile_cuda(source, "fatbin", arch=options, compiler="nvcc"))
 
 
+def cuda_sources(module):
+    """CUDA sources of every CUDA module imported (transitively) by a built module."""
+    found, stack = [], [module]
+    while stack:
+        current = stack.pop()
+        for imported in current.imports:
+            if imported.kind == "cuda":
+                found.append(imported.inspect_source("cuda"))
+            stack.append(imported)
+    return found
+
+
+def build_device_code(executable, arch):
+    """Fatbins of an executable's CUDA modules: ``[(sha256 of the source, fatbin bytes)]``."""
+    nvcc_path()
+    return [(hashlib.sha256(source.encode()).hexdigest(), compile_device_code(source, arch))
+            for source in cuda_sources(executable.mod)]
+
+
 @contextlib.contextmanager
 def cuda_build_context(target):
-    """Context for ``tvm.compile`` of a TargetInfo: for CUDA, the nvcc callback and cp.async; else nothing."""
+    """Pass options for ``tvm.compile`` of a TargetInfo (CUDA: cp.async); nothing for CPU targets."""
     if target.kind != "cuda":
         yield
         return
     nvcc_path()
-    previous = tvm.get_global_func(CALLBACK, allow_missing=True)
-
-    def callback(source, *_):
-        return compile_device_code(source, target.arch)
-
-    tvm.register_global_func(CALLBACK, callback, override=True)
-    try:
-        with tvm.transform.PassContext(config=PASS_CONFIG):
-            yield
-    finally:
-        if previous is not None:
-            tvm.register_global_func(CALLBACK, previous, override=True)
+    with tvm.transform.PassContext(config=PASS_CONFIG):
+        yield

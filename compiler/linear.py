@@ -198,7 +198,10 @@ class CompiledLinear:
         return list(self.arrays.values())
 
     def run(self, x):
-        """Compute ``x @ dequant(W)^T (+ b)`` for a float32 (M, K) array."""
+        """Compute ``x @ dequant(W)^T (+ b)`` for a float32 (M, K) array (CPU targets)."""
+        if self.func is None:
+            raise KernelError("this layer was compiled for a CUDA target: run it on a GPU through a model artifact "
+                              "(lowbit.compile(...).save(path), then lowbit.runtime.load(path))")
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = tensor(np.empty((x.shape[0], self.layout.N), np.float32))
         self.func(tensor(x), *[tensor(a) for a in self.weight_arrays()], y)
@@ -228,4 +231,6 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
     _, plans = add_linear_functions(bb.add_func, layout, arrays, bias is not None, info, buckets=buckets)
     with cuda_build_context(info):
         lib = compile_module(bb.get(), target=info.tvm_target(), tir_pipeline=tir_pipeline())
+    if info.kind == "cuda":  # the kernels run on a GPU: this object is for inspection and artifacts
+        return CompiledLinear(chosen, layout, arrays, None, plans, lib)
     return CompiledLinear(chosen, layout, arrays, lib["mpgemm"], plans, lib)

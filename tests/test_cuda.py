@@ -1,0 +1,167 @@
+"""CUDA target without a GPU: templates against the NumPy reference on the CPU, CUDA code generation
+and nvcc compilation for sm_80 / sm_90 with structural checks on source and PTX, artifacts holding a fatbin,
+and the runtime's no-GPU error. Numerics on a GPU are marked ``gpu`` (tests/test_cuda_gpu.py)."""
+import re
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from lowbit.compiler import kernels_cuda
+from lowbit.compiler.cuda_layout import cuda_layout_for, pack_cuda_words, relayout_cuda, unpack_cuda_words
+from lowbit.compiler.dispatch import Bucket
+from lowbit.compiler.formats import parse_format, quantize
+from lowbit.compiler.target import resolve_target
+from lowbit.compiler.tvm_api import tensor, tvm
+from lowbit.errors import KernelError, TargetError
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and shutil.which("nvcc", path="/usr/local/cuda/bin")
+                                is None, reason="nvcc (CUDA toolkit) not installed")
+FORMATS = ["w8", "w8s", "w4g128", "w4g128s", "w3g128", "w2g64", "w1g64", "w5g32", "w6g64", "w7g32",
+           "ternary", "ternaryg128", "nf4g64", "fp4g32", "nf4", "cb3g64[-1.0,-0.5,-0.25,-0.1,0.1,0.25,0.5,1.0]"]
+N, K = 77, 384  # N not a multiple of 16 (padded rows), K a multiple of every group
+EPS16 = float(np.finfo(np.float16).eps)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _weight(name, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)) * rng.uniform(0.2, 3.0, (N, 1)) + rng.uniform(-0.5, 0.5, (N, 1))
+    return quantize(w, parse_format(name))
+
+
+def _ids(name):
+    return name.split("[")[0]
+
+
+def error_bound(qw, x, ref, weights_rounded):
+    """|y - ref| bound: float16 rounding of the output (eps16/2 |ref|), float32 accumulation over K, and,
+    for the GEMM, float16 rounding of each dequantized weight (eps16/2 per product)."""
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(qw.dequantize().astype(np.float64)).T
+    per_product = EPS16 / 2 if weights_rounded else 0.0
+    return EPS16 / 2 * np.abs(ref) + (per_product + 2 * K * EPS32) * magnitude + 1e-6
+
+
+@pytest.mark.parametrize("name", ["w1g64", "w3g128", "w4g128", "w5g32", "w8", "ternary", "nf4g64"], ids=_ids)
+def test_layout_packs_and_unpacks_exactly(name):
+    qw = _weight(name)
+    layout = cuda_layout_for(qw)
+    words = pack_cuda_words(qw.codes, layout)
+    assert words.shape == (layout.padded_n, layout.row_words) and words.dtype == np.uint32
+    assert layout.row_words % 4 == 0 and (layout.row_words * layout.codes_per_word) % 32 == 0
+    np.testing.assert_array_equal(unpack_cuda_words(words, layout), qw.codes)
+
+
+def test_magic_decode_bit_trick_matches_codes():
+    """``(word >> 4p) & 0x000F000F | 0x64006400`` read as two float16 is 1024 + the two codes."""
+    qw = _weight("w4g128")
+    layout = cuda_layout_for(qw)
+    words = pack_cuda_words(qw.codes, layout)[:N, :layout.n_groups * layout.words_per_group]
+    pairs = [((words >> np.uint32(4 * p)) & np.uint32(0x000F000F)) | np.uint32(0x64006400) for p in range(4)]
+    halves = np.stack(pairs, axis=-1).view(np.float16).astype(np.float32) - 1024  # (N, words, 8) in slot order
+    np.testing.assert_array_equal(halves.reshape(N, K).astype(np.uint8), qw.codes)
+
+
+@pytest.mark.parametrize("template", ["gemv", "gemm"])
+@pytest.mark.parametrize("name", FORMATS, ids=_ids)
+def test_template_matches_reference_on_cpu(name, template):
+    """The unscheduled TensorIR templates, built for the CPU (llvm), against the NumPy reference."""
+    qw = _weight(name, seed=len(name))
+    bias = np.random.default_rng(3).standard_normal(N).astype(np.float32)
+    layout, arrays = relayout_cuda(qw)
+    arrays["B"] = bias
+    M = 3 if template == "gemv" else 19
+    if template == "gemv":
+        func = kernels_cuda.gemv_compute(layout, tvm.tirx.Var("M", "int32"), 8, has_bias=True)
+    else:
+        func = kernels_cuda.gemm_compute(layout, tvm.tirx.Var("M", "int32"), 32, has_bias=True)
+    lib = tvm.compile(func, target="llvm")
+    x = np.random.default_rng(M).standard_normal((M, K)).astype(np.float16)
+    y = tensor(np.empty((M, N), np.float16))
+    lib(tensor(x), *[tensor(a) for a in arrays.values()], y)
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T + bias
+    err = np.abs(y.numpy().astype(np.float64) - ref)
+    bound = error_bound(qw, x, ref, weights_rounded=template == "gemm")
+    assert (err <= bound).all(), f"max err {err.max():.3e}, bound there {bound.flat[err.argmax()]:.3e}"
+
+
+def test_cuda_targets_resolve_and_bad_arch_says_which_exist():
+    assert resolve_target("cuda").arch == "sm_80"
+    info = resolve_target("cuda:sm_90")
+    assert (info.tag, info.compute_capability, info.required_features()) == ("cuda-sm_90", (9, 0), [])
+    assert resolve_target({"kind": "cuda", "arch": "sm_80"}).tag == "cuda-sm_80"
+    with pytest.raises(TargetError, match="sm_70.*sm_80, sm_86, sm_89, sm_90"):
+        resolve_target("cuda:sm_70")
+
+
+def test_cuda_refuses_cpu_kernel_families():
+    from lowbit.compiler.linear import prepare_layer
+
+    with pytest.raises(KernelError, match="'a8' is not built for CUDA"):
+        prepare_layer(_weight("w4g128"), None, resolve_target("cuda:sm_90"), kernel="a8")
+
+
+def _kernel_source(name, arch, buckets, n=N):
+    from lowbit.compiler.linear import build_linear
+
+    qw = quantize(np.random.default_rng(1).standard_normal((n, K)), parse_format(name))
+    lin = build_linear(qw, None, target=f"cuda:{arch}", buckets=buckets)
+    return lin, "\n".join(m.inspect_source("cuda") for m in lin.library.mod.imports
+                          if "cuda" in m.kind)
+
+
+def _ptx(source, arch):
+    with tvm.target.Target({"kind": "cuda", "arch": arch}):
+        return bytes(tvm.support.nvcc.compile_cuda(source, "ptx", arch=arch, compiler="nvcc")).decode()
+
+
+GEMV_BUCKETS = (Bucket(1, 1), Bucket(2, 8))
+GEMV_CASES = [("w4g128", "sm_80"), ("w4g128", "sm_90"), ("w3g64", "sm_90"), ("ternary", "sm_80"),
+              ("nf4g64", "sm_90")]
+
+
+def _check_gemv(name, arch):
+    lin, source = _kernel_source(name, arch, GEMV_BUCKETS)
+    assert set(lin.plans) == {"m1", "m2-8"} and all(rule == "cuda_decode_gemv" for rule, _ in lin.plans.values())
+    kernels = re.findall(r"__global__ void __launch_bounds__\(\d+\) \w+\(([^)]*)\)\s*{", source)
+    assert kernels, "no kernel in the CUDA source"
+    for params in kernels:  # the kernels read packed words, never a float weight matrix
+        names = set(re.findall(r"\b(\w+)_ptr\b", params))
+        assert names <= {"X", "W", "S", "Z", "LV", "Y"}, names
+    assert "*(uint4*)(W_ptr" in source  # 4 packed words per thread per step
+    assert "__shfl_down_sync" in source
+    ptx = _ptx(source, arch)
+    assert re.search(r"ld\.global(\.nc)?\.v4\.u32", ptx), "no 128-bit weight load in the PTX"
+    assert "shfl.sync.down" in ptx
+    if parse_format(name).kind == "codebook":
+        assert "__shared__" in source and "LV_shared" in source  # the codebook in shared memory
+    else:
+        assert f"lowbit_decode_u{parse_format(name).bits}_magic(" in source and "lop3.b32" in ptx
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,arch", GEMV_CASES, ids=[f"{n}-{a}" for n, a in GEMV_CASES])
+def test_gemv_kernels_compile_with_nvcc_and_use_wide_loads_decode_and_shuffles(name, arch):
+    _check_gemv(name, arch)
+
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", FORMATS, ids=_ids)
+def test_gemv_every_format_compiles_with_nvcc(name, arch):
+    _check_gemv(name, arch)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_gemm_kernel_uses_ldmatrix_mma_and_cp_async(arch):
+    lin, source = _kernel_source("w4g128", arch, (Bucket(1, 1), Bucket(9, None)), n=256)
+    assert lin.plans["m9+"][0] == "cuda_decode_gemm_mma"
+    for marker in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                   "cp.async.cg.shared.global", "cp.async.commit_group", "cp.async.wait_group"):
+        assert marker in source, marker
+    ptx = _ptx(source, arch)
+    for marker in ("ldmatrix.sync.aligned", "mma.sync.aligned.m16n8k16", "cp.async"):
+        assert marker in ptx, marker
