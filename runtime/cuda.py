@@ -57,11 +57,20 @@ def cuda_device(tvm, manifest, path):
                           "(none present, or CUDA_VISIBLE_DEVICES hides it): run it on a GPU machine, or compile "
                           "the model for target 'cpu'")
     have = tuple(int(x) for x in str(device.compute_version).split("."))
-    want = artifact_arch(manifest)
-    if have < want:  # the fatbin holds SASS for `arch` and PTX that newer GPUs JIT-compile; older ones can't
-        raise TargetError(f"artifact {path!r} was compiled for {arch} but this GPU ({device.device_name}) is "
-                          f"sm_{have[0]}{have[1]}: compile the model again with --target cuda:sm_{have[0]}{have[1]}")
+    check_compute_capability(have, manifest, path, device.device_name)
     return device
+
+
+def check_compute_capability(have, manifest, path, device_name):
+    """Raise TargetError when a GPU of compute capability ``have`` (major, minor) cannot run the artifact.
+
+    The fatbin holds SASS for the artifact's ``sm_XY`` (runs on X.Y and later minors of X) and PTX, which
+    the driver JIT-compiles for newer GPUs; an older GPU can run neither.
+    """
+    arch = manifest["target"]["arch"]
+    if tuple(have) < artifact_arch(manifest):
+        raise TargetError(f"artifact {path!r} was compiled for {arch} but this GPU ({device_name}) is "
+                          f"sm_{have[0]}{have[1]}: compile the model again with --target cuda:sm_{have[0]}{have[1]}")
 
 
 CALLBACK = "tvm_callback_cuda_compile"

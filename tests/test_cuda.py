@@ -165,3 +165,67 @@ def test_gemm_kernel_uses_ldmatrix_mma_and_cp_async(arch):
     ptx = _ptx(source, arch)
     for marker in ("ldmatrix.sync.aligned", "mma.sync.aligned.m16n8k16", "cp.async"):
         assert marker in ptx, marker
+
+
+@pytest.fixture(scope="module")
+def cuda_artifact(tmp_path_factory):
+    """A 2-layer MLP (gelu, bias-free) compiled for sm_90: every bucket, GEMV and tensor-core GEMM."""
+    import lowbit
+    from lowbit.compiler.graph import Activation, Linear, Sequential
+
+    rng = np.random.default_rng(0)
+    model = Sequential([Linear(rng.standard_normal((256, 128)).astype(np.float32), name="fc1"), Activation("gelu"),
+                        Linear(rng.standard_normal((64, 256)).astype(np.float32), name="fc2")])
+    compiled = lowbit.compile(model, target="cuda:sm_90", format="w4g128")
+    path = tmp_path_factory.mktemp("cuda") / "mlp.lowbit"
+    compiled.save(path)
+    return compiled, path
+
+
+@needs_nvcc
+def test_cuda_artifact_holds_fatbin_built_at_compile_time(cuda_artifact):
+    import hashlib
+    import json
+
+    from lowbit.compiler.cuda_build import cuda_sources
+
+    compiled, path = cuda_artifact
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        fatbins = {e["source_sha256"]: archive.read(e["file"]) for e in manifest["device_code"]}
+    assert manifest["target"]["kind"] == "cuda" and manifest["target_tag"] == "cuda-sm_90"
+    assert [spec["dtype"] for spec in manifest["inputs"] + manifest["outputs"]] == ["float32", "float32"]
+    sources = cuda_sources(compiled.compiled.executable.mod)
+    assert sources and set(fatbins) == {hashlib.sha256(s.encode()).hexdigest() for s in sources}
+    for fatbin in fatbins.values():
+        assert fatbin[:4] == bytes.fromhex("50ed55ba")  # fatbin magic (0xBA55ED50, little-endian)
+    layer = manifest["layers"][0]
+    assert layer["plans"]["m1"]["rule"] == "cuda_decode_gemv"
+    assert layer["plans"]["m33+"]["rule"] == "cuda_decode_gemm_mma"
+
+
+def _gpu_present():
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+@needs_nvcc
+@pytest.mark.skipif(_gpu_present(), reason="this machine has a GPU: the no-GPU error cannot be provoked")
+def test_runtime_load_without_gpu_says_so(cuda_artifact):
+    import lowbit.runtime
+
+    _, path = cuda_artifact
+    with pytest.raises(TargetError, match=r"NVIDIA GPU.*(libcuda\.so\.1|no CUDA GPU is visible).*compile the model "
+                                          "for target 'cpu'"):
+        lowbit.runtime.load(path)
+
+
+def test_older_gpu_than_artifact_arch_raises_target_error_with_the_fix():
+    from lowbit.runtime.cuda import check_compute_capability
+
+    manifest = {"target": {"kind": "cuda", "arch": "sm_90"}}
+    with pytest.raises(TargetError, match=r"compiled for sm_90 but this GPU \(A100\) is sm_80: .*--target cuda:sm_80"):
+        check_compute_capability((8, 0), manifest, "m.lowbit", "A100")
+    check_compute_capability((9, 0), manifest, "m.lowbit", "H100")  # same arch: fine
+    check_compute_capability((10, 0), manifest, "m.lowbit", "B200")  # newer: the PTX is JIT-compiled
