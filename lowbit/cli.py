@@ -16,6 +16,8 @@ COMMANDS = {
     "bench": ("lowbit.commands.bench", "benchmark mpGEMM kernels against NumPy, torch and onnxruntime (cold cache)"),
     "inspect": ("lowbit.commands.inspect", "show an artifact's manifest: target, layers, formats, kernels"),
     "run": ("lowbit.commands.run", "run an artifact on .npy inputs"),
+    "bundle-runtime": ("lowbit.commands.bundle_runtime",
+                       "gather what lowbit.runtime needs into a folder for a GPU machine (plus GPU tests, bench)"),
 }
 
 

@@ -39,7 +39,10 @@ def load_cuda_runtime(tvm, path):
         raise TargetError(f"artifact {path!r} runs on an NVIDIA GPU, but libtvm_runtime_cuda.so is not installed "
                           f"(looked in {', '.join(_library_candidates(tvm))}): install the apache-tvm wheel or use "
                           "a lowbit runtime bundle (lowbit bundle-runtime)")
+    cudart = os.path.join(os.path.dirname(candidates[0]), "libcudart.so.13")  # a runtime bundle carries it
     try:
+        if os.path.isfile(cudart):
+            _LOADED["cudart"] = ctypes.CDLL(cudart, mode=ctypes.RTLD_GLOBAL)
         _LOADED["lib"] = ctypes.CDLL(candidates[0], mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
         raise TargetError(f"artifact {path!r} runs on an NVIDIA GPU, but the CUDA runtime could not be loaded "

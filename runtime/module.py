@@ -19,6 +19,8 @@ from lowbit.runtime.host import host_arch, host_cpu_features
 def _import_tvm():
     """Import TVM in runtime-only mode, without torch, with one thread per core this process may use."""
     if "tvm" in sys.modules:  # the compiler (or the user) imported it already: reuse it as it is
+        import tvm.runtime.vm  # noqa: F401 (``import tvm`` alone does not import the VM)
+
         return sys.modules["tvm"]
     # A user's setting wins. TVM's pool otherwise starts half the logical CPUs (it assumes hyper-threading).
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
