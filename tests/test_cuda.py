@@ -229,3 +229,30 @@ def test_older_gpu_than_artifact_arch_raises_target_error_with_the_fix():
         check_compute_capability((8, 0), manifest, "m.lowbit", "A100")
     check_compute_capability((9, 0), manifest, "m.lowbit", "H100")  # same arch: fine
     check_compute_capability((10, 0), manifest, "m.lowbit", "B200")  # newer: the PTX is JIT-compiled
+
+
+@needs_nvcc
+def test_cli_compiles_an_onnx_model_for_cuda(tmp_path, capsys):
+    """``lowbit compile MODEL.onnx --target cuda:sm_90``: float32 in and out, float16 kernels between casts."""
+    import json
+
+    import onnx
+
+    from lowbit.cli import main
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], [weight])
+    model_path, out = tmp_path / "m.onnx", tmp_path / "m.lowbit"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_path)
+    # in this process: TVM's CUDA tensor intrinsics take tens of seconds to register, once per process
+    assert main(["compile", str(model_path), "-o", str(out), "--target", "cuda:sm_90", "--format", "w4g64"]) == 0
+    assert "cuda-sm_90" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["device_code"] and all(archive.read(e["file"])[:4] == bytes.fromhex("50ed55ba")
+                                               for e in manifest["device_code"])
+    assert [s["dtype"] for s in manifest["inputs"] + manifest["outputs"]] == ["float32", "float32"]
