@@ -23,6 +23,7 @@ FORMATS = ["w8", "w8s", "w4g128", "w4g128s", "w3g128", "w2g64", "w1g64", "w5g32"
 N, K = 77, 384  # N not a multiple of 16 (padded rows), K a multiple of every group
 EPS16 = float(np.finfo(np.float16).eps)
 EPS32 = float(np.finfo(np.float32).eps)
+EPS_BF16 = 2.0 ** -7  # bfloat16: 8 significand bits
 
 
 def _weight(name, seed=0):
@@ -35,12 +36,12 @@ def _ids(name):
     return name.split("[")[0]
 
 
-def error_bound(qw, x, ref, weights_rounded):
-    """|y - ref| bound: float16 rounding of the output (eps16/2 |ref|), float32 accumulation over K, and,
-    for the GEMM, float16 rounding of each dequantized weight (eps16/2 per product)."""
+def error_bound(qw, x, ref, weights_rounded, eps=EPS16):
+    """|y - ref| bound: rounding of the output to the activation dtype (eps/2 |ref|), float32 accumulation
+    over K, and, for the GEMM, rounding of each dequantized weight to that dtype (eps/2 per product)."""
     magnitude = np.abs(x.astype(np.float64)) @ np.abs(qw.dequantize().astype(np.float64)).T
-    per_product = EPS16 / 2 if weights_rounded else 0.0
-    return EPS16 / 2 * np.abs(ref) + (per_product + 2 * K * EPS32) * magnitude + 1e-6
+    per_product = eps / 2 if weights_rounded else 0.0
+    return eps / 2 * np.abs(ref) + (per_product + 2 * K * EPS32) * magnitude + 1e-6
 
 
 @pytest.mark.parametrize("name", ["w1g64", "w3g128", "w4g128", "w5g32", "w8", "ternary", "nf4g64"], ids=_ids)
@@ -63,13 +64,14 @@ def test_magic_decode_bit_trick_matches_codes():
     np.testing.assert_array_equal(halves.reshape(N, K).astype(np.uint8), qw.codes)
 
 
-@pytest.mark.parametrize("template", ["gemv", "gemm"])
-@pytest.mark.parametrize("name", FORMATS, ids=_ids)
-def test_template_matches_reference_on_cpu(name, template):
-    """The unscheduled TensorIR templates, built for the CPU (llvm), against the NumPy reference."""
+def _run_template(name, template, dtype):
+    """Build the unscheduled template for the CPU (llvm), run it; returns (qw, x as float32, y, ref)."""
+    import ml_dtypes
+
+    np_dtype = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
     qw = _weight(name, seed=len(name))
     bias = np.random.default_rng(3).standard_normal(N).astype(np.float32)
-    layout, arrays = relayout_cuda(qw)
+    layout, arrays = relayout_cuda(qw, dtype)
     arrays["B"] = bias
     M = 3 if template == "gemv" else 19
     if template == "gemv":
@@ -77,12 +79,30 @@ def test_template_matches_reference_on_cpu(name, template):
     else:
         func = kernels_cuda.gemm_compute(layout, tvm.tirx.Var("M", "int32"), 32, has_bias=True)
     lib = tvm.compile(func, target="llvm")
-    x = np.random.default_rng(M).standard_normal((M, K)).astype(np.float16)
-    y = tensor(np.empty((M, N), np.float16))
+    x = np.random.default_rng(M).standard_normal((M, K)).astype(np_dtype)
+    y = tensor(np.empty((M, N), np_dtype))
     lib(tensor(x), *[tensor(a) for a in arrays.values()], y)
-    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T + bias
-    err = np.abs(y.numpy().astype(np.float64) - ref)
+    x32 = x.astype(np.float32)
+    ref = x32.astype(np.float64) @ qw.dequantize().astype(np.float64).T + bias
+    return qw, x32, y.numpy().astype(np.float64), ref
+
+
+@pytest.mark.parametrize("template", ["gemv", "gemm"])
+@pytest.mark.parametrize("name", FORMATS, ids=_ids)
+def test_template_matches_reference_on_cpu(name, template):
+    """The unscheduled TensorIR templates, built for the CPU (llvm), against the NumPy reference."""
+    qw, x, y, ref = _run_template(name, template, "float16")
+    err = np.abs(y - ref)
     bound = error_bound(qw, x, ref, weights_rounded=template == "gemm")
+    assert (err <= bound).all(), f"max err {err.max():.3e}, bound there {bound.flat[err.argmax()]:.3e}"
+
+
+@pytest.mark.parametrize("template", ["gemv", "gemm"])
+@pytest.mark.parametrize("name", ["w4g128", "nf4g64"], ids=_ids)
+def test_bfloat16_template_matches_reference_on_cpu(name, template):
+    qw, x, y, ref = _run_template(name, template, "bfloat16")
+    err = np.abs(y - ref)
+    bound = error_bound(qw, x, ref, weights_rounded=template == "gemm", eps=EPS_BF16)
     assert (err <= bound).all(), f"max err {err.max():.3e}, bound there {bound.flat[err.argmax()]:.3e}"
 
 
@@ -102,11 +122,11 @@ def test_cuda_refuses_cpu_kernel_families():
         prepare_layer(_weight("w4g128"), None, resolve_target("cuda:sm_90"), kernel="a8")
 
 
-def _kernel_source(name, arch, buckets, n=N):
+def _kernel_source(name, arch, buckets, n=N, dtype="float16"):
     from lowbit.compiler.linear import build_linear
 
     qw = quantize(np.random.default_rng(1).standard_normal((n, K)), parse_format(name))
-    lin = build_linear(qw, None, target=f"cuda:{arch}", buckets=buckets)
+    lin = build_linear(qw, None, target=f"cuda:{arch}", buckets=buckets, dtype=dtype)
     return lin, "\n".join(m.inspect_source("cuda") for m in lin.library.mod.imports
                           if "cuda" in m.kind)
 
@@ -117,12 +137,12 @@ def _ptx(source, arch):
 
 
 GEMV_BUCKETS = (Bucket(1, 1), Bucket(2, 8))
-GEMV_CASES = [("w4g128", "sm_80"), ("w4g128", "sm_90"), ("w3g64", "sm_90"), ("ternary", "sm_80"),
-              ("nf4g64", "sm_90")]
+GEMV_CASES = [("w4g128", "sm_80", "float16"), ("w4g128", "sm_90", "float16"), ("w3g64", "sm_90", "float16"),
+              ("ternary", "sm_80", "float16"), ("nf4g64", "sm_90", "float16"), ("w4g128", "sm_90", "bfloat16")]
 
 
-def _check_gemv(name, arch):
-    lin, source = _kernel_source(name, arch, GEMV_BUCKETS)
+def _check_gemv(name, arch, dtype="float16"):
+    lin, source = _kernel_source(name, arch, GEMV_BUCKETS, dtype=dtype)
     assert set(lin.plans) == {"m1", "m2-8"} and all(rule == "cuda_decode_gemv" for rule, _ in lin.plans.values())
     kernels = re.findall(r"__global__ void __launch_bounds__\(\d+\) \w+\(([^)]*)\)\s*{", source)
     assert kernels, "no kernel in the CUDA source"
@@ -141,9 +161,9 @@ def _check_gemv(name, arch):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name,arch", GEMV_CASES, ids=[f"{n}-{a}" for n, a in GEMV_CASES])
-def test_gemv_kernels_compile_with_nvcc_and_use_wide_loads_decode_and_shuffles(name, arch):
-    _check_gemv(name, arch)
+@pytest.mark.parametrize("name,arch,dtype", GEMV_CASES, ids=["-".join(case) for case in GEMV_CASES])
+def test_gemv_kernels_compile_with_nvcc_and_use_wide_loads_decode_and_shuffles(name, arch, dtype):
+    _check_gemv(name, arch, dtype)
 
 
 @needs_nvcc
@@ -154,16 +174,20 @@ def test_gemv_every_format_compiles_with_nvcc(name, arch):
     _check_gemv(name, arch)
 
 
+GEMM_CASES = [("sm_80", "float16"), ("sm_90", "float16"), ("sm_90", "bfloat16")]
+
+
 @needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_gemm_kernel_uses_ldmatrix_mma_and_cp_async(arch):
-    lin, source = _kernel_source("w4g128", arch, (Bucket(1, 1), Bucket(9, None)), n=256)
+@pytest.mark.parametrize("arch,dtype", GEMM_CASES, ids=["-".join(case) for case in GEMM_CASES])
+def test_gemm_kernel_uses_ldmatrix_mma_and_cp_async(arch, dtype):
+    lin, source = _kernel_source("w4g128", arch, (Bucket(1, 1), Bucket(9, None)), n=256, dtype=dtype)
     assert lin.plans["m9+"][0] == "cuda_decode_gemm_mma"
-    for marker in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+    short = {"float16": "f16", "bfloat16": "bf16"}[dtype]
+    for marker in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", f"mma.sync.aligned.m16n8k16.row.col.f32.{short}.{short}.f32",
                    "cp.async.cg.shared.global", "cp.async.commit_group", "cp.async.wait_group"):
         assert marker in source, marker
     ptx = _ptx(source, arch)
-    for marker in ("ldmatrix.sync.aligned", "mma.sync.aligned.m16n8k16", "cp.async"):
+    for marker in ("ldmatrix.sync.aligned", f"mma.sync.aligned.m16n8k16.row.col.f32.{short}.{short}.f32", "cp.async"):
         assert marker in ptx, marker
 
 

@@ -4,15 +4,15 @@ Per thread block: an ``BM x BN`` output tile, ``warps_m x warps_n`` warps, each 
 16x16 MMA tiles. Per K step (``16 * k_tiles`` codes): the packed weight words of the tile are copied to
 shared memory with ``cp.async`` (16-byte copies, double-buffered by TVM's software pipeline), decoded there
 to float16/bfloat16 (the same bit placement as the GEMV), the activations staged in shared memory, then
-``ldmatrix`` loads fragments and ``mma.sync.m16n8k16`` accumulates in float32 registers
-(``tvm.s_tir.tensor_intrin.cuda``). The accumulators go through shared memory to the epilogue (bias, cast,
-rows past M dropped).
+``ldmatrix`` loads fragments and ``mma.sync.m16n8k16`` accumulates in float32 registers (lowbit's tile
+intrinsics, ``compiler/intrinsics/cuda_mma.py``: float16 and bfloat16). The accumulators go through shared
+memory to the epilogue (bias, cast, rows past M dropped).
 """
 import dataclasses
-import functools
 
 from lowbit.compiler import kernels_cuda
-from lowbit.compiler.tvm_api import Schedule, s_tir
+from lowbit.compiler.intrinsics import cuda_mma
+from lowbit.compiler.tvm_api import Schedule
 from lowbit.schedules.cuda.gemv import _read_index, block_names
 
 MMA = 16  # m16n16k16 tiles (two mma.sync m16n8k16 each)
@@ -38,27 +38,9 @@ class GemmConfig:
         return MMA * self.warps_n * self.tiles_n
 
 
-STORE_F32_SHARED = "lowbit_mma_store_16x16_f32_shared"
-
-
-@functools.lru_cache(maxsize=None)
-def _register_store():
-    """MMA accumulators -> static shared memory. TVM registers the store for ``shared.dyn`` only; the
-    accumulator tile is kept out of the dynamic pool, where StorageRewrite would let it reuse the float16
-    staging buffers' bytes and the store's typed float32 pointer would no longer match."""
-    from tvm.s_tir.tensor_intrin.cuda import get_mma_store_intrin
-
-    s_tir.TensorIntrin.register(STORE_F32_SHARED, *get_mma_store_intrin("float32", 8, "shared"), override=True)
-    return STORE_F32_SHARED
-
-
 def _intrinsics(dtype):
-    from tvm.s_tir.tensor_intrin import cuda as intrin
-
-    if dtype != "float16":
-        raise NotImplementedError(dtype)
-    return (intrin.LDMATRIX_f16_A_DYN_INTRIN, intrin.LDMATRIX_f16_B_TRANS_DYN_INTRIN, intrin.MMA_f16f16f32_TRANS_B_INTRIN,
-            intrin.MMA_fill_16x16_f32_INTRIN, _register_store(), intrin.shared_16x16_to_ldmatrix_32x8_layout)
+    """lowbit's own tile intrinsics (compiler/intrinsics/cuda_mma.py): float16 and bfloat16."""
+    return cuda_mma.register(dtype) + (cuda_mma.fragment_layout,)
 
 
 class DecodeGemmTensorCore:
