@@ -84,22 +84,31 @@ def device_code(manifest, parts):
     return {entry["source_sha256"]: parts[entry["file"]] for entry in manifest.get("device_code", [])}
 
 
+_FATBINS = {}  # sha256 of a CUDA module's source -> fatbin, over every artifact this process loaded
+
+
 def provide_device_code(fatbins, path):
     """Make TVM's CUDA module loader use the artifact's fatbins instead of compiling CUDA source.
 
     ``fatbins`` maps the sha256 of a CUDA module's source to the fatbin nvcc built from it at compile time.
-    TVM calls ``tvm_callback_cuda_compile(source)`` when it loads a CUDA module; a source with no fatbin
-    means the artifact and its library disagree.
+    TVM calls ``tvm_callback_cuda_compile(source)`` when it loads (or first runs) a CUDA module; the callback,
+    registered once, serves every artifact loaded so far. A source with no fatbin means the artifact and its
+    library disagree.
     """
     import hashlib
 
     import tvm_ffi
 
+    first = not _FATBINS
+    _FATBINS.update(fatbins)
+    if not first:
+        return
+
     def compiled(source, *_):
         key = hashlib.sha256(str(source).encode()).hexdigest()
-        if key not in fatbins:
-            raise TargetError(f"artifact {path!r} has no compiled device code for a CUDA module of its library "
-                              f"(source sha256 {key[:12]}...): it is inconsistent; compile the model again")
-        return fatbins[key]
+        if key not in _FATBINS:
+            raise TargetError(f"no compiled device code for a CUDA module (source sha256 {key[:12]}...) in the "
+                              f"artifacts loaded ({path!r} first): the artifact is inconsistent; compile it again")
+        return _FATBINS[key]
 
     tvm_ffi.register_global_func(CALLBACK, compiled, override=True)

@@ -174,6 +174,15 @@ def test_gemv_every_format_compiles_with_nvcc(name, arch):
     _check_gemv(name, arch)
 
 
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FORMATS, ids=_ids)
+def test_gemm_every_format_compiles_with_nvcc(name):
+    lin, source = _kernel_source(name, "sm_90", (Bucket(1, 1), Bucket(9, 32), Bucket(33, None)))
+    assert {lin.plans[key][0] for key in ("m9-32", "m33+")} == {"cuda_decode_gemm_mma"}
+    assert "mma.sync.aligned.m16n8k16" in _ptx(source, "sm_90")
+
+
 GEMM_CASES = [("sm_80", "float16"), ("sm_90", "float16"), ("sm_90", "bfloat16")]
 
 

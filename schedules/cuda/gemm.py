@@ -43,6 +43,22 @@ def _intrinsics(dtype):
     return cuda_mma.register(dtype) + (cuda_mma.fragment_layout,)
 
 
+def _loops_under(sch, block, loop):
+    """The loops of ``block`` nested under ``loop`` (compute_at drops unit loops: count, don't assume)."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    position = next(i for i, candidate in enumerate(loops) if sch.get(candidate).same_as(target))
+    return loops[position + 1:]
+
+
+def _word_vector(func, codes_per_step):
+    """Words per cp.async copy: a K step covers ``codes_per_step / vpw`` words of a row, aligned to that
+    count when it is whole (16-byte copies at most); else (3- and 5-bit codes) steps straddle words: 1."""
+    bits = int(func.attrs["lowbit.bits"])
+    per_step = codes_per_step / (2 * (16 // bits))
+    return min(4, int(per_step)) if per_step.is_integer() else 1
+
+
 class DecodeGemmTensorCore:
     """Decode-to-shared + ldmatrix + mma.sync GEMM for M above the GEMV buckets."""
 
@@ -86,8 +102,8 @@ class DecodeGemmTensorCore:
         sch.compute_at(wf, k0)
         words = sch.cache_read(wf, _read_index(sch, wf, "W"), "shared.dyn")
         sch.compute_at(words, k0)
-        loops = sch.get_loops(words)
-        _, ty2, tx2, vec2 = sch.split(sch.fuse(*loops[-2:]), [None, threads, 32, 4])
+        _, ty2, tx2, vec2 = sch.split(sch.fuse(*_loops_under(sch, words, k0)),
+                                      [None, threads, 32, _word_vector(func, MMA * config.k_tiles)])
         sch.bind(ty2, "threadIdx.y")
         sch.bind(tx2, "threadIdx.x")
         sch.vectorize(vec2)
