@@ -28,9 +28,16 @@ class CompiledModel:
             from lowbit.compiler.tvm_api import tensor, tvm
             from lowbit.runtime.module import Module
 
-            machine = tvm.runtime.vm.VirtualMachine(self.compiled.executable, tvm.cpu())
-            params = [tensor(array) for _, array in self.compiled.params]
-            self._vm = Module(self.manifest, machine, params, tvm)
+            if self.target.kind == "cuda":
+                from lowbit.runtime.cuda import cuda_device, provide_device_code
+
+                device = cuda_device(tvm, self.manifest, "<in-memory model>")
+                provide_device_code(dict(self.compiled.device_code), "<in-memory model>")
+            else:
+                device = tvm.cpu()
+            machine = tvm.runtime.vm.VirtualMachine(self.compiled.executable, device)
+            params = [tensor(array, device) for _, array in self.compiled.params]
+            self._vm = Module(self.manifest, machine, params, tvm, device)
         return self._vm
 
     def __call__(self, *inputs, **named):
@@ -47,7 +54,7 @@ class CompiledModel:
         from lowbit.compiler.artifact import write_artifact
 
         write_artifact(path, library=self.compiled.executable, params=list(self.compiled.params),
-                       manifest=dict(self.manifest))
+                       manifest=dict(self.manifest), device_code=list(self.compiled.device_code))
         return path
 
 

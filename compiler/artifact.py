@@ -5,6 +5,7 @@ Layout (read back by :mod:`lowbit.runtime.artifact`, which owns the schema versi
     manifest.json     what the model takes and returns, its layers, versions, and a sha256 per part
     lib.so            the Relax VM executable (``export_library``)
     params/<i>.npy    the packed weights, in the order the entry function takes them
+    device/<i>.fatbin CUDA artifacts: the device code, compiled by nvcc at compile time
 
 The zip is stored, not deflated: weights are packed bits already, and the runtime reads the parts
 without spending time on decompression. Writing is atomic: the zip is built in a temporary file in the
@@ -24,7 +25,7 @@ from lowbit.errors import ArtifactError
 from lowbit.runtime.artifact import LIBRARY_PART, MANIFEST_PART, SCHEMA_VERSION
 
 
-def write_artifact(path, library, params, manifest):
+def write_artifact(path, library, params, manifest, device_code=()):
     """Write the artifact file ``path`` atomically.
 
     Parameters
@@ -37,6 +38,9 @@ def write_artifact(path, library, params, manifest):
         The entry function's parameters after its inputs, in call order.
     manifest : dict
         Target, inputs, outputs, layers and entry name; this function adds versions, params and parts.
+    device_code : list of (str, bytes)
+        CUDA artifacts: (sha256 of a CUDA module's source, the fatbin nvcc built from it), stored as
+        ``device/<i>.fatbin`` and listed in ``manifest["device_code"]``.
 
     Returns
     -------
@@ -59,6 +63,13 @@ def write_artifact(path, library, params, manifest):
         parts[part] = _npy_bytes(array)
         param_entries.append({"name": name, "file": part, "shape": list(array.shape), "dtype": str(array.dtype),
                               "sha256": hashlib.sha256(parts[part]).hexdigest()})
+    code_entries = []
+    for index, (source_sha, fatbin) in enumerate(device_code):
+        part = f"device/{index}.fatbin"
+        parts[part] = bytes(fatbin)
+        code_entries.append({"source_sha256": source_sha, "file": part})
+    if code_entries:
+        manifest = dict(manifest, device_code=code_entries)
     full = dict(manifest, **_versions(), params=param_entries,
                 parts={name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                        for name, data in parts.items()})

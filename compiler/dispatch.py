@@ -60,15 +60,18 @@ def dispatcher(name, buffers, m_var, calls, prologue=None):
         Global symbol of the dispatcher.
     buffers : list of tirx.Buffer
         Params of the kernel (their shapes use ``m_var`` for M).
-    calls : list of (Bucket, GlobalVar, bool)
-        Each bucket's subroutine and whether it takes M as its last argument.
+    calls : list of (Bucket, GlobalVar, tirx.Var or None)
+        Each bucket's subroutine and its M parameter (None: M is fixed), whose dtype the call casts to.
     prologue : Prologue, optional
         A subroutine run first into a workspace that the bucket calls then read instead of some params.
     """
     call_buffers = buffers if prologue is None else prologue.call_buffers(buffers)
     body = None
     for bucket, gvar, takes_m in reversed(calls):
-        args = [tirx.buffer_data(buf) for buf in call_buffers] + ([m_var] if takes_m else [])
+        args = [tirx.buffer_data(buf) for buf in call_buffers]
+        if takes_m is not None:
+            want, have = str(takes_m.ty), str(m_var.ty)
+            args.append(m_var if want == have else tirx.Cast(want, m_var))
         call = tirx.Evaluate(tvm.ir.expr.Call(gvar, args, ret_ty="int32"))
         if body is None:
             body = call  # the last bucket catches everything (its lower bound is checked by the one before)
@@ -108,3 +111,28 @@ class Prologue:
         args += [tirx.buffer_data(self.workspace), m_var]
         call = tirx.Evaluate(tvm.ir.expr.Call(self.gvar, args, ret_ty="int32"))
         return tirx.SeqStmt([tirx.AllocBuffer(self.workspace), call, body])
+
+
+def packed_dispatcher(name, buffers, m_var, calls):
+    """The GPU form of :func:`dispatcher`: ``if M <= hi_0: call_packed(f_0, *buffers) elif ...``.
+
+    On a GPU target each bucket's scheduled function is public (its own host stub launches its kernels:
+    TVM splits host and device code per public function), and the dispatcher calls it by name through the
+    packed-call convention, which finds functions of the same module first. The call passes the
+    dispatcher's own tensors, so each bucket function checks their shapes again (cheap, on the host).
+
+    Parameters
+    ----------
+    calls : list of (Bucket, str)
+        Each bucket and the global symbol of its function.
+    """
+    body = None
+    for bucket, symbol in reversed(calls):
+        call = tirx.Evaluate(tirx.call_packed(symbol, *buffers))
+        if body is None:
+            body = call
+            continue
+        cond = m_var <= bucket.hi if bucket.hi is not None else tirx.const(True, "bool")
+        body = tirx.IfThenElse(cond, call, body)
+    func = tirx.PrimFunc(list(buffers), body)
+    return func.with_attrs({"global_symbol": name, "tirx.is_scheduled": True})

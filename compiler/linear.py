@@ -11,8 +11,10 @@ import numpy as np
 
 from lowbit.compiler import dispatch
 from lowbit.compiler.intrinsics import x86_dot, x86_lut
+from lowbit.compiler.cuda_layout import CudaLayout, relayout_cuda
 from lowbit.compiler.higgs import rotation_signs
 from lowbit.compiler.layout import LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut
+from lowbit.compiler.plans_cuda import cuda_plan
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
 from lowbit.errors import InputError, KernelError
@@ -86,8 +88,27 @@ def lut_vector_bytes(target):
     return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
 
 
-def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams()):
-    """Choose the kernel family and re-lay the weights for it: returns (kernel, KernelLayout, arrays)."""
+def _prepare_cuda_layer(qw, bias, kernel, dtype):
+    check_kernel(kernel)
+    if kernel not in ("auto", "decode"):
+        raise KernelError(f"kernel {kernel!r} is not built for CUDA targets: use 'decode' or 'auto' (decode GEMV "
+                          "for M <= 8, tensor-core GEMM above)")
+    if qw.format.kind == "higgs":
+        raise KernelError(f"{qw.format.name}: the activation rotation of HIGGS formats is built for CPU targets "
+                          "only; quantize GPU models to w*/nf4/fp4/ternary formats")
+    layout, arrays = relayout_cuda(qw, dtype)
+    if bias is not None:
+        arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
+    return "decode", layout, arrays
+
+
+def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype="float16"):
+    """Choose the kernel family and re-lay the weights for it: returns (kernel, layout, arrays).
+
+    ``dtype`` is the activation dtype of CUDA kernels (``float16`` or ``bfloat16``); CPU kernels take float32.
+    """
+    if target.kind == "cuda":
+        return _prepare_cuda_layer(qw, bias, kernel, dtype)
     rotation = None
     if qw.format.kind == "higgs":
         if qw.format.dim != 1:
@@ -112,6 +133,12 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams()):
 
 
 def default_plan(layout, bucket):
+    if isinstance(layout, CudaLayout):
+        return cuda_plan(layout, bucket)
+    return _cpu_plan(layout, bucket)
+
+
+def _cpu_plan(layout, bucket):
     """The (rule, config) lowbit uses for a bucket when no tuning record says otherwise.
 
     Measured on a Sapphire-Rapids-class CPU (w4g128, 4096x4096): the accumulate kernel wins at M=1
@@ -179,23 +206,38 @@ def select_plan(layout, bucket, database):
 
 
 def _bucket_func(layout, bucket, has_bias, target, rule, config):
-    m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int64")
+    """A bucket's scheduled function and its M var (None: M fixed). CPU: a private subroutine taking
+    pointers; CUDA: the scheduled public function itself (its host stub launches the kernels)."""
+    # GPU kernels index in int32 (TVM's MMA intrinsics and layouts assume it); CPU kernels in int64.
+    m_var = None if bucket.hi == bucket.lo else tirx.Var("M", "int32" if target.kind == "cuda" else "int64")
     func = rule.template(layout, bucket.lo if m_var is None else m_var, has_bias, config)
     sch = rule.apply(func, target, config)
     if sch is None:
         raise KernelError(f"schedule rule {rule.name} declined its own template for {bucket.key}")
-    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var is not None
+    if target.kind == "cuda":  # called by name from dispatch.packed_dispatcher
+        return sch.mod["main"], m_var
+    return dispatch.as_subroutine(sch.mod["main"], m_var), m_var
+
+
+def activation_dtype(layout):
+    """dtype of X and Y of a layer's kernel: the CUDA layout's (float16 / bfloat16), float32 on CPUs."""
+    return getattr(layout, "dtype", "float32")
 
 
 def _dispatcher_buffers(layout, arrays, has_bias, m_var):
-    shapes = [("X", (m_var, layout.K), "float32")]
+    dtype = activation_dtype(layout)
+    shapes = [("X", (m_var, layout.K), dtype)]
     shapes += [(name, arrays[name].shape, str(arrays[name].dtype)) for name in layout.arg_names()]
     if ROTATION_SIGNS in arrays:
         shapes.append((ROTATION_SIGNS, arrays[ROTATION_SIGNS].shape, "float32"))
     if has_bias:
         shapes.append(("B", (layout.N,), "float32"))
-    shapes.append(("Y", (m_var, layout.N), "float32"))
+    shapes.append(("Y", (m_var, layout.N), dtype))
     return [tirx.decl_buffer(shape, dtype, name) for name, shape, dtype in shapes]
+
+
+def _bucket_name(name, bucket):
+    return f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}"
 
 
 def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgemm",
@@ -208,17 +250,26 @@ def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgem
 
     Returns (dispatcher GlobalVar, {bucket key: :class:`Plan`}).
     """
-    database = tuning_database(target, tuning_log)
+    # CUDA kernels have no tuning records yet (lowbit tune searches CPU schedule rules): their defaults only
+    database = None if target.kind == "cuda" else tuning_database(target, tuning_log)
     calls, plans = [], {}
     for bucket in buckets:
         if overrides and bucket.key in overrides:
             rule, config, source = (*overrides[bucket.key], "override")
         else:
             rule, config, source = select_plan(layout, bucket, database)
-        sub, takes_m = _bucket_func(layout, bucket, has_bias, target, rule, config)
-        gvar = add_func(sub, f"{name}_{bucket.key.replace('+', 'up').replace('-', '_')}")
-        calls.append((bucket, gvar, takes_m))
+        func, takes_m = _bucket_func(layout, bucket, has_bias, target, rule, config)
         plans[bucket.key] = Plan(rule.name, config, source)
+        if target.kind == "cuda":
+            symbol = _bucket_name(name, bucket)
+            add_func(func.with_attrs({"global_symbol": symbol, "tirx.is_scheduled": True}), symbol)
+            calls.append((bucket, symbol))
+        else:
+            calls.append((bucket, add_func(func, _bucket_name(name, bucket)), takes_m))
+    if target.kind == "cuda":
+        m_var = tirx.Var("M", "int64")
+        main = dispatch.packed_dispatcher(name, _dispatcher_buffers(layout, arrays, has_bias, m_var), m_var, calls)
+        return add_func(main, name), plans
     m_var = tirx.Var("M", "int64")
     prologue = None
     if ROTATION_SIGNS in arrays:
@@ -266,7 +317,10 @@ class CompiledLinear:
         return list(self.arrays.values())
 
     def run(self, x):
-        """Compute ``x @ dequant(W)^T (+ b)`` for a float32 (M, K) array."""
+        """Compute ``x @ dequant(W)^T (+ b)`` for a float32 (M, K) array (CPU targets)."""
+        if self.func is None:
+            raise KernelError("this layer was compiled for a CUDA target: run it on a GPU through a model artifact "
+                              "(lowbit.compile(...).save(path), then lowbit.runtime.load(path))")
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = tensor(np.empty((x.shape[0], self.layout.N), np.float32))
         self.func(tensor(x), *[tensor(a) for a in self.weight_arrays()], y)
@@ -274,7 +328,7 @@ class CompiledLinear:
 
 
 def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None,
-                 lut_params=LutParams()):
+                 lut_params=LutParams(), dtype="float16"):
     """Compile one quantized linear layer for ``target`` (default: this CPU).
 
     Parameters
@@ -289,9 +343,11 @@ def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEF
         :func:`tuning_database`.
     lut_params : LutParams
         Table group ``g`` and table precision of the ``lut`` kernels.
+    dtype : {"float16", "bfloat16"}
+        Activation dtype of CUDA kernels (CPU kernels take float32).
     """
     info = resolve_target(target)
-    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel, lut_params)
+    chosen, layout, arrays = prepare_layer(qw, bias, info, kernel, lut_params, dtype)
     return build_prepared(chosen, layout, arrays, info, buckets, tuning_log)
 
 
@@ -304,8 +360,13 @@ def build_prepared(kernel, layout, arrays, target, buckets=dispatch.DEFAULT_BUCK
     """
     from tvm import relax
 
+    from lowbit.compiler.cuda_build import cuda_build_context
+
     bb = relax.BlockBuilder()
     _, plans = add_linear_functions(bb.add_func, layout, arrays, "B" in arrays, target, buckets=buckets,
                                     tuning_log=tuning_log, overrides=overrides)
-    lib = compile_module(bb.get(), target=target.tvm_target(), tir_pipeline=tir_pipeline())
+    with cuda_build_context(target):
+        lib = compile_module(bb.get(), target=target.tvm_target(), tir_pipeline=tir_pipeline())
+    if target.kind == "cuda":  # the kernels run on a GPU: this object is for inspection and artifacts
+        return CompiledLinear(kernel, layout, arrays, None, plans, lib)
     return CompiledLinear(kernel, layout, arrays, lib["mpgemm"], plans, lib)

@@ -44,6 +44,7 @@ class Compiled:
     executable: object
     params: list  # [(name, np.ndarray)]
     layers: list  # [LayerPlan]
+    device_code: list = dataclasses.field(default_factory=list)  # CUDA: [(source sha256, fatbin)]
 
 
 def _dump(dump_dir, phase, text):
@@ -88,7 +89,7 @@ def build_kernels(model, target, kernel, bb, tuning_log=None):
     return built
 
 
-def build_graph(model, kernels, bb):
+def build_graph(model, kernels, bb, target):
     """Phase 2: the Relax function ``main(x, *params) -> y`` calling the kernels; returns its params."""
     from tvm import relax
 
@@ -99,9 +100,13 @@ def build_graph(model, kernels, bb):
         for pname, array in zip(plan.param_names, arrays.values()):
             param_vars.append(relax.Var(pname.replace(".", "_"), relax.TensorType(array.shape, str(array.dtype))))
             params.append((pname, array))
+    # On a GPU the kernels take float16 activations: the float32 input is cast on the device and the
+    # output cast back, so the model's signature stays float32 (what the user passes and gets).
+    act = "float16" if target.kind == "cuda" else "float32"
     with bb.function("main", [x] + param_vars):
         with bb.dataflow():
-            h, cursor, layer_iter = x, 0, iter(kernels)
+            h = x if act == "float32" else bb.emit(relax.op.astype(x, act))
+            cursor, layer_iter = 0, iter(kernels)
             for layer in model.layers:
                 if isinstance(layer, Activation):
                     h = bb.emit(getattr(relax.op.nn, layer.kind)(h))
@@ -109,10 +114,31 @@ def build_graph(model, kernels, bb):
                 arrays, gvar, plan = next(layer_iter)
                 args = [h] + param_vars[cursor:cursor + len(arrays)]
                 cursor += len(arrays)
-                h = bb.emit(relax.call_tir(gvar, args, relax.TensorType((m_var, plan.N), "float32")))
+                h = bb.emit(relax.call_tir(gvar, args, relax.TensorType((m_var, plan.N), act)))
+            if act != "float32":
+                h = bb.emit(relax.op.astype(h, "float32"))
             out = bb.emit_output(h)
         bb.emit_func_output(out)
     return params
+
+
+def _build(mod, target):
+    """Phase ``build``: tvm.compile with lowbit's pipelines (CUDA: GPU schedules for the graph's other
+    operators, device code compiled by nvcc)."""
+    from lowbit.compiler.cuda_build import cuda_build_context
+
+    with cuda_build_context(target):
+        return compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target),
+                              tir_pipeline=tir_pipeline())
+
+
+def _device_code(executable, target):
+    """Phase ``device``: CUDA targets compile each CUDA module's source with nvcc (none for CPUs)."""
+    if target.kind != "cuda":
+        return []
+    from lowbit.compiler.cuda_build import build_device_code
+
+    return build_device_code(executable, target.arch)
 
 
 def run_pipeline(model, target, kernel="auto", dump_ir=None, tuning_log=None):
@@ -123,12 +149,11 @@ def run_pipeline(model, target, kernel="auto", dump_ir=None, tuning_log=None):
     kernels = build_kernels(model, target, kernel, bb, tuning_log)
     _dump(dump_ir, "1-kernels", bb.get().script())
     _dump_kernels(dump_ir, "1-kernels", bb.get())
-    params = build_graph(model, kernels, bb)
+    params = build_graph(model, kernels, bb, target)
     mod = bb.get()
     _dump(dump_ir, "2-graph", mod.script())
-    executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
-                                tir_pipeline=tir_pipeline())
-    return Compiled(executable, params, [plan for _, _, plan in kernels])
+    executable = _build(mod, target)
+    return Compiled(executable, params, [plan for _, _, plan in kernels], _device_code(executable, target))
 
 
 def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=False, tuning_log=None):
@@ -153,7 +178,6 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
         raise
     _dump(dump_ir, "1-lower", mod.script())
     _dump_kernels(dump_ir, "1-lower", mod)
-    executable = compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(),
-                                tir_pipeline=tir_pipeline())
+    executable = _build(mod, target)
     _dump(dump_ir, "2-build", executable.as_text())
-    return Compiled(executable, list(lower.params), list(lower.plans))
+    return Compiled(executable, list(lower.params), list(lower.plans), _device_code(executable, target))

@@ -31,8 +31,23 @@ class TargetInfo:
 
     @property
     def tag(self):
-        """Key for tuning records and artifacts: LLVM CPU name plus the SIMD level in use."""
+        """Key for tuning records and artifacts: LLVM CPU name plus the SIMD level (CPU), ``cuda-sm_90`` (GPU)."""
+        if self.kind == "cuda":
+            return f"cuda-{self.arch}"
         return f"{self.target.get('mcpu', 'generic')}-{self.simd}"
+
+    @property
+    def arch(self):
+        """The CUDA architecture (``sm_80``, ``sm_90``); None for CPU targets."""
+        return self.target.get("arch") if self.kind == "cuda" else None
+
+    @property
+    def compute_capability(self):
+        """(major, minor) of the CUDA architecture, e.g. (9, 0); None for CPU targets."""
+        if self.kind != "cuda":
+            return None
+        digits = self.arch[3:]
+        return int(digits[:-1]), int(digits[-1])
 
     @property
     def simd(self):
@@ -60,7 +75,12 @@ class TargetInfo:
         return Target(dict(self.target))
 
     def required_features(self):
-        """Features a machine must have to run code built for this target (sorted list)."""
+        """Features a machine must have to run code built for this target (sorted list).
+
+        CUDA targets list none: the runtime checks the GPU's compute capability against ``arch`` instead.
+        """
+        if self.kind == "cuda":
+            return []
         wanted = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}, "avx2": {"avx2", "fma"}}
         return sorted(wanted.get(self.simd, set()) & self.features)
 
@@ -80,16 +100,49 @@ def host_target(num_cores=None):
     return TargetInfo(kind="llvm", target=target, features=features, cpu_name=host_cpu_model())
 
 
+# Architectures lowbit's CUDA kernels are built and tested for (mma.sync m16n8k16, ldmatrix, cp.async: sm_80+).
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+DEFAULT_CUDA_ARCH = "sm_80"
+# Host code of CUDA artifacts (the Relax VM, kernel launches): generic x86-64, to run on any GPU machine's CPU.
+CUDA_HOST = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu"}
+
+
+def cuda_target(arch=DEFAULT_CUDA_ARCH):
+    """The :class:`TargetInfo` for NVIDIA GPUs of ``arch`` (``sm_80``: A100; ``sm_90``: H100, H200).
+
+    Compiling needs ``nvcc`` (the device code is compiled to a fatbin at compile time), not a GPU.
+    """
+    if arch not in CUDA_ARCHS:
+        raise TargetError(f"unknown CUDA architecture {arch!r}: lowbit supports {', '.join(CUDA_ARCHS)} "
+                          "(tensor-core mma.sync needs sm_80 or newer); use e.g. 'cuda:sm_90'")
+    target = {"kind": "cuda", "arch": arch, "host": dict(CUDA_HOST)}
+    return TargetInfo(kind="cuda", target=target, features=frozenset({arch}), cpu_name=f"NVIDIA GPU {arch}")
+
+
+def _parse_cuda(text):
+    """``cuda`` (sm_80) or ``cuda:sm_XY``."""
+    _, _, arch = text.partition(":")
+    return cuda_target(arch or DEFAULT_CUDA_ARCH)
+
+
 def resolve_target(target):
-    """Turn a user's target (None, ``"cpu"``, ``"llvm"``, a dict or a TargetInfo) into a TargetInfo."""
+    """Turn a user's target into a TargetInfo.
+
+    Accepts None / ``"cpu"`` / ``"llvm"`` (this CPU), ``"cuda"`` (sm_80) or ``"cuda:sm_90"``, a dict
+    (``{"kind": "llvm", ...}`` or ``{"kind": "cuda", "arch": "sm_90"}``) or a TargetInfo.
+    """
     if target is None or isinstance(target, str) and target in ("cpu", "llvm", "host"):
         return host_target()
     if isinstance(target, TargetInfo):
         return target
+    if isinstance(target, str) and (target == "cuda" or target.startswith("cuda:")):
+        return _parse_cuda(target)
+    if isinstance(target, dict) and target.get("kind") == "cuda":
+        return cuda_target(target.get("arch", DEFAULT_CUDA_ARCH))
     if isinstance(target, dict) and target.get("kind") == "llvm":
         features = frozenset(target.get("features", host_cpu_features()))
         clean = {k: v for k, v in target.items() if k != "features"}
         clean.setdefault("num-cores", 1)
         return TargetInfo(kind="llvm", target=clean, features=features, cpu_name=str(clean.get("mcpu")))
-    raise TargetError(f"unknown target {target!r}: use 'cpu' (this machine) or a dict "
-                      "{'kind': 'llvm', 'mcpu': ..., 'features': [...]}; CUDA targets are not supported yet")
+    raise TargetError(f"unknown target {target!r}: use 'cpu' (this machine), 'cuda', 'cuda:sm_80', 'cuda:sm_90' "
+                      "or a dict {'kind': 'llvm', 'mcpu': ..., 'features': [...]}")

@@ -52,13 +52,25 @@ def _register_lowbit_pipeline():
 
 
 
-def relax_pipeline():
-    """TVM's default Relax build pipeline, then lowbit's KeepSubroutinesPrivate."""
+def relax_pipeline(target=None):
+    """TVM's default Relax build pipeline, then lowbit's KeepSubroutinesPrivate.
+
+    For CUDA targets, the graph's own operators (casts, activations, reshapes) are legalized and given
+    dlight's default GPU schedules first; lowbit's kernels are marked scheduled and left alone.
+    """
     from tvm import relax
 
     from lowbit.compiler.passes.keep_subroutines_private import KeepSubroutinesPrivate
 
-    return tvm.transform.Sequential([relax.pipeline.default_build_pipeline(), KeepSubroutinesPrivate])
+    passes = [relax.pipeline.default_build_pipeline(), KeepSubroutinesPrivate]
+    if target is not None and target.kind == "cuda":
+        from tvm.s_tir import dlight
+
+        gpu = dlight.gpu
+        # no operator fusion: FuseOps would also fuse lowbit's call_tir kernels with their neighbours
+        passes[:0] = [relax.transform.LegalizeOps(),
+                      dlight.ApplyDefaultSchedule(gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback())]
+    return tvm.transform.Sequential(passes)
 
 
 def onnx_importer():

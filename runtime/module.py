@@ -12,12 +12,15 @@ import numpy as np
 
 from lowbit.errors import InputError, TargetError
 from lowbit.runtime.artifact import LIBRARY_PART, load_params, read_artifact
+from lowbit.runtime.cuda import cuda_device, device_code, is_cuda_manifest, provide_device_code
 from lowbit.runtime.host import host_arch, host_cpu_features
 
 
 def _import_tvm():
     """Import TVM in runtime-only mode, without torch, with one thread per core this process may use."""
     if "tvm" in sys.modules:  # the compiler (or the user) imported it already: reuse it as it is
+        import tvm.runtime.vm  # noqa: F401 (``import tvm`` alone does not import the VM)
+
         return sys.modules["tvm"]
     # A user's setting wins. TVM's pool otherwise starts half the logical CPUs (it assumes hyper-threading).
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
@@ -42,6 +45,11 @@ def _artifact_arch(manifest):
 
 
 def _check_host(manifest, path):
+    if is_cuda_manifest(manifest):  # the host code is generic x86-64; the GPU is checked once TVM is loaded
+        if host_arch() != "x86_64":
+            raise TargetError(f"artifact {path!r} has x86-64 host code but this machine is {host_arch()}: "
+                              "compile the model again on (or for) this machine")
+        return
     cpu = manifest.get("cpu", "unknown CPU")
     arch = _artifact_arch(manifest)
     if arch and arch != host_arch():
@@ -55,7 +63,7 @@ def _check_host(manifest, path):
 
 
 def load(path):
-    """Load the artifact at ``path`` for running on this CPU.
+    """Load the artifact at ``path`` for running on this CPU, or on this machine's GPU (CUDA artifacts).
 
     Parameters
     ----------
@@ -71,20 +79,25 @@ def load(path):
     ArtifactError
         The file is truncated, tampered with, or from a newer lowbit.
     TargetError
-        This CPU lacks an instruction-set feature (or the architecture) the artifact was compiled for.
+        This CPU lacks an instruction-set feature (or the architecture) the artifact was compiled for; or,
+        for a CUDA artifact, there is no GPU, no CUDA driver, or the GPU is older than the artifact's arch.
     """
     path = os.fspath(path)
     manifest, parts = read_artifact(path)
     _check_host(manifest, path)
     params = load_params(manifest, parts)
     tvm = _import_tvm()
+    device = tvm.cpu()
+    if is_cuda_manifest(manifest):
+        device = cuda_device(tvm, manifest, path)
+        provide_device_code(device_code(manifest, parts), path)
     with tempfile.TemporaryDirectory(prefix="lowbit-load-") as workdir:
         lib_path = os.path.join(workdir, LIBRARY_PART)
         with open(lib_path, "wb") as f:
             f.write(parts[LIBRARY_PART])
         library = tvm.runtime.load_module(lib_path)  # dlopen'ed: the file may go once loaded
-    machine = tvm.runtime.vm.VirtualMachine(library, tvm.cpu())
-    return Module(manifest, machine, [tvm.runtime.tensor(array) for _, array in params], tvm)
+    machine = tvm.runtime.vm.VirtualMachine(library, device)
+    return Module(manifest, machine, [tvm.runtime.tensor(array, device) for _, array in params], tvm, device)
 
 
 class Module:
@@ -92,14 +105,23 @@ class Module:
 
     ``module(x)``, ``module(x=x)`` or, for several inputs, positions and names in the manifest's order.
     Each input's dtype must match exactly and its shape must be ``(M, K)`` with any ``M >= 1``.
+    On a GPU, inputs may also be DLPack tensors already on the device (torch CUDA tensors): they are passed
+    without a copy, and the outputs are then returned as device tensors (``torch.from_dlpack(y)``, no copy).
     """
 
-    def __init__(self, manifest, machine, params, tvm):
+    def __init__(self, manifest, machine, params, tvm, device=None):
         self._manifest = manifest
         self._entry = machine[manifest["entry"]]
         self._machine = machine  # the entry function is owned by the VM: keep the VM alive with it
         self._params = params
-        self._tensor = tvm.runtime.tensor
+        self._device = device if device is not None else tvm.cpu()
+        self._tvm = tvm
+
+    def _tensor(self, array, spec):
+        """An input on the model's device: NumPy arrays are copied there, DLPack tensors are wrapped."""
+        if not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__"):
+            return _checked_dlpack(self._tvm.runtime.from_dlpack(array), spec, self._device)
+        return self._tvm.runtime.tensor(_checked(array, spec), self._device)
 
     @property
     def manifest(self):
@@ -123,11 +145,13 @@ class Module:
 
     def __call__(self, *inputs, **named):
         """Run the model; returns one NumPy array (or a tuple of them when the model has several outputs)."""
-        arrays = [self._tensor(_checked(array, spec)) for array, spec in zip(self._bind(inputs, named), self.inputs)]
+        given = self._bind(inputs, named)
+        arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
         result = self._entry(*arrays, *self._params)
-        if len(self.outputs) == 1:
-            return result.numpy()
-        return tuple(item.numpy() for item in result)
+        keep = any(not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__") for array in given)
+        items = [result] if len(self.outputs) == 1 else list(result)
+        items = items if keep else [item.numpy() for item in items]
+        return items[0] if len(self.outputs) == 1 else tuple(items)
 
     def _bind(self, inputs, named):
         names = [spec["name"] for spec in self.inputs]
@@ -150,6 +174,21 @@ class Module:
     def __repr__(self):
         specs = ", ".join(f"{s['name']}: {s['dtype']}{_shape_text(s['shape'])}" for s in self.inputs)
         return f"<lowbit.runtime.Module ({specs}) {self._manifest.get('target_tag', '')}, {len(self.layers)} layers>"
+
+
+def _checked_dlpack(tensor, spec, device):
+    """Check a DLPack tensor's dtype, shape and device against ``spec``; return it (no copy)."""
+    name, expected = spec["name"], _shape_text(spec["shape"])
+    if str(tensor.dtype) != spec["dtype"]:
+        raise InputError(f"input {name!r} has dtype {tensor.dtype}, expected {spec['dtype']}: cast it first")
+    shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) != len(spec["shape"]) or any(
+            (got < 1) if isinstance(want, str) else (got != want) for got, want in zip(shape, spec["shape"])):
+        raise InputError(f"input {name!r} has shape {shape}, expected {expected}: pass a tensor of that shape")
+    if (tensor.device.dlpack_device_type(), tensor.device.index) != (device.dlpack_device_type(), device.index):
+        raise InputError(f"input {name!r} is on {tensor.device}, but the model runs on {device}: move it there "
+                         "first (e.g. tensor.to('cuda:0'))")
+    return tensor
 
 
 def _shape_text(shape):

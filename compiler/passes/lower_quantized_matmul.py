@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer
+from lowbit.compiler.linear import activation_dtype, add_linear_functions, check_kernel, prepare_layer
 from lowbit.compiler.tvm_api import relax, tvm
 from lowbit.errors import KernelError, LowbitError
 
@@ -29,6 +29,7 @@ class _Kernel:
     param_vars: list
     N: int
     K: int
+    dtype: str = "float32"  # the kernel's activation dtype (CUDA: float16; cast from and back to float32)
 
 
 @relax.expr_functor.mutator
@@ -56,8 +57,12 @@ class _MatmulLowerer(relax.expr_functor.PyExprMutator):
         dims = list(shape.values)
         x2d = x if len(dims) == 2 else self.builder_.emit(relax.op.reshape(x, (-1, kernel.K)))
         rows = x2d.ty.shape.values[0]
+        if kernel.dtype != "float32":
+            x2d = self.builder_.emit(relax.op.astype(x2d, kernel.dtype))
         y2d = self.builder_.emit(relax.call_tir(kernel.gvar, [x2d] + kernel.param_vars,
-                                                relax.TensorType((rows, kernel.N), "float32")))
+                                                relax.TensorType((rows, kernel.N), kernel.dtype)))
+        if kernel.dtype != "float32":
+            y2d = self.builder_.emit(relax.op.astype(y2d, "float32"))
         return y2d if len(dims) == 2 else relax.op.reshape(y2d, relax.ShapeExpr(dims[:-1] + [kernel.N]))
 
 
@@ -130,7 +135,7 @@ class LowerQuantizedMatmul:
         self.plans.append(LayerPlan(layer.name, fmt.name, N, K, chosen,
                                     {key: plan.as_manifest() for key, plan in plans.items()},
                                     names, float(fmt.bits_per_weight(K))))
-        return _Kernel(layer.name, gvar, param_vars, N, K)
+        return _Kernel(layer.name, gvar, param_vars, N, K, activation_dtype(layout))
 
     def _check_all_lowered(self, main, lowered_func, lowerer):
         params = {p.name for p in main.params}

@@ -9,7 +9,8 @@ HELP = "compile a quantized ONNX model into a .lowbit artifact"
 def add_arguments(parser):
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
     parser.add_argument("--output", "-o", required=True, metavar="OUT.lowbit", help="artifact file to write")
-    parser.add_argument("--target", default="cpu", help="where the code runs: 'cpu' (this machine, the default)")
+    parser.add_argument("--target", default="cpu", help="where the code runs: 'cpu' (this machine, the default), 'cuda:sm_80', 'cuda:sm_90' "
+                        "(NVIDIA GPUs; needs nvcc here, not a GPU)")
     parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
                         help="kernel family for the quantized layers (default: auto)")
     parser.add_argument("--format", metavar="NAME",
