@@ -1,6 +1,9 @@
 """``lowbit.compile``: the user-facing entry point of the compiler."""
 import dataclasses
+import json
 import os
+
+import numpy as np
 
 from lowbit.compiler.graph import Sequential, quantize_sequential
 from lowbit.compiler.pipeline import run_pipeline, run_relax_pipeline
@@ -102,29 +105,80 @@ def is_onnx_model(model):
     return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
 
 
-def _import_onnx(model, format, method, calibration):  # noqa: A002
-    from lowbit.frontends.onnx import import_onnx
+def _import_onnx(model, format, method, calibration, budget_bits):  # noqa: A002
+    """(ImportedModel, allocation summary dict or None) of an ONNX model, quantizing it on the way when asked."""
+    from lowbit.frontends.onnx import import_onnx, load_onnx
+    from lowbit.frontends.onnx_quantize import ALLOCATION_KEY, quantize_onnx_layers
+    from lowbit.frontends.quantize import candidate_formats
 
+    if budget_bits is not None:
+        from lowbit.compiler.quality import DEFAULT_CANDIDATES
+
+        candidates = DEFAULT_CANDIDATES if format is None else format
+        proto, _, weights, report = quantize_onnx_layers(model, candidates, method, calibration, budget_bits)
+        return import_onnx(proto, weights=weights), report.as_manifest()
+    if format is not None:
+        (format,) = candidate_formats(format)  # several candidates need budget_bits: a clear error
+    proto = load_onnx(model)
+    stored = {entry.key: entry.value for entry in proto.metadata_props}.get(ALLOCATION_KEY)
+    allocation = None if stored is None else json.loads(stored)  # written by `lowbit quantize --budget-bits`
     if format is None or method == "rtn":
         if calibration is not None:
-            raise ModelError("calibration data is only used by method='gptq' (with format=...): pass "
-                             "method='gptq', or drop calibration")
-        return import_onnx(model, format=format)
-    from lowbit.frontends.onnx_quantize import quantize_onnx_layers
-
-    proto, _, weights = quantize_onnx_layers(model, format, method, calibration)
-    return import_onnx(proto, weights=weights)
+            raise ModelError("calibration data is only used by method='gptq' or with budget_bits (with format=...): "
+                             "pass method='gptq' or budget_bits=..., or drop calibration")
+        return _narrowed(import_onnx(proto, format=format), allocation), allocation
+    proto, _, weights, _ = quantize_onnx_layers(proto, format, method, calibration)
+    return import_onnx(proto, weights=weights), None
 
 
-def _compile_onnx(model, info, format, kernel, dump_ir, progress, method, calibration, tuning_log):  # noqa: A002
-    imported = _import_onnx(model, format, method, calibration)
+def _narrowed(imported, allocation):
+    """Give each layer the bit width its allocation chose where ONNX stored it wider (2- and 3-bit codes travel
+    as uint4 in QDQ / MatMulNBits), when the narrower format holds exactly the same weight."""
+    from lowbit.compiler.formats import QuantizedWeight, parse_format
+
+    if allocation is None:
+        return imported
+    chosen = {layer["name"]: layer["format"] for layer in allocation["layers"]}
+    for key, spec in imported.quantized.items():
+        name, stored = chosen.get(spec.name), spec.weight
+        if name is None or name == stored.format.name or stored.zeros is None:
+            continue
+        fmt = parse_format(name)
+        if fmt.kind != stored.format.kind or fmt.group_size != stored.format.group_size or \
+                fmt.bits >= stored.format.bits or stored.codes.max() >= 2 ** fmt.bits or \
+                stored.zeros.max() >= 2 ** fmt.bits:
+            continue
+        narrow = QuantizedWeight(fmt, stored.codes, stored.scales, stored.zeros)
+        if np.array_equal(narrow.dequantize(), stored.dequantize()):
+            imported.quantized[key] = dataclasses.replace(spec, weight=narrow)
+    return imported
+
+
+def _with_allocation(manifest, allocation):
+    """Add a budget allocation's summary to the manifest, and each layer's measured SQNR to its entry."""
+    if allocation is None:
+        return manifest
+    by_name = {layer["name"]: layer for layer in allocation["layers"]}
+    for layer in manifest["layers"]:
+        measured = by_name.get(layer.get("node", layer["name"]))
+        if measured is not None:
+            layer["weight_sqnr_db"] = measured["weight_sqnr_db"]
+            layer["output_sqnr_db"] = measured["output_sqnr_db"]
+    manifest["allocation"] = {key: value for key, value in allocation.items() if key != "layers"}
+    return manifest
+
+
+def _compile_onnx(model, info, format, kernel, dump_ir, progress, method, calibration, tuning_log,  # noqa: A002
+                  budget_bits=None):
+    imported, allocation = _import_onnx(model, format, method, calibration, budget_bits)
     if not imported.quantized:
         hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
             else "it has no MatMul / Gemm with a constant 2-D weight"
         raise ModelError(f"the ONNX model has no quantized MatMul / Gemm lowbit recognises: {hint}")
     compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress,
                                   tuning_log=tuning_log)
-    return CompiledModel(compiled, info, _imported_manifest(imported, compiled, info, "onnx"))
+    manifest = _imported_manifest(imported, compiled, info, "onnx")
+    return CompiledModel(compiled, info, _with_allocation(manifest, allocation))
 
 
 def _compile_torch(model, example_inputs, info, kernel, dump_ir, progress, dynamic_shapes, tuning_log):
@@ -136,11 +190,14 @@ def _compile_torch(model, example_inputs, info, kernel, dump_ir, progress, dynam
     imported = import_torch(model, example_inputs, dynamic_shapes)
     compiled = run_relax_pipeline(imported, info, kernel=kernel, dump_ir=dump_ir, progress=progress,
                                   tuning_log=tuning_log)
-    return CompiledModel(compiled, info, _imported_manifest(imported, compiled, info, "torch"))
+    report = getattr(model, "lowbit_allocation", None)  # set by quantize_model(..., budget_bits=...)
+    manifest = _imported_manifest(imported, compiled, info, "torch")
+    return CompiledModel(compiled, info, _with_allocation(manifest, None if report is None else report.as_manifest()))
 
 
 def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto", dump_ir=None,  # noqa: A001,A002
-            progress=False, method="rtn", calibration=None, dynamic_shapes=None, tuning_log=None):
+            progress=False, method="rtn", calibration=None, dynamic_shapes=None, tuning_log=None,
+            budget_bits=None):
     """Compile a model into a :class:`CompiledModel`.
 
     Parameters
@@ -172,24 +229,31 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
         ONNX calibration batches ``{input name: array}`` for ``method="gptq"``.
     dynamic_shapes : optional
         torch modules only: ``torch.export``'s ``dynamic_shapes`` for the example inputs.
+    budget_bits : float, optional
+        Float ONNX models: choose each layer's format among ``format`` (a list of candidates; default
+        :data:`lowbit.compiler.quality.DEFAULT_CANDIDATES`) so the average bits per weight stay within this
+        budget (see :func:`lowbit.quantize_model`); the manifest records the choice and each layer's SQNR.
     """
     from lowbit.frontends.quantize import check_method, is_torch_module
 
     if is_torch_module(model):
-        if format is not None or method != "rtn" or calibration is not None:
+        if format is not None or method != "rtn" or calibration is not None or budget_bits is not None:
             raise ModelError("format / method / calibration quantize ONNX and Sequential models on the way; a torch "
                              "module is quantized first, in place: lowbit.quantize_model(model, formats=..., "
-                             "method=..., calibration=...), then lowbit.compile(model, example_inputs)")
+                             "method=..., calibration=..., budget_bits=...), then lowbit.compile(model, example_inputs)")
         return _compile_torch(model, example_inputs, resolve_target(target), kernel, dump_ir, progress,
                               dynamic_shapes, tuning_log)
     if example_inputs is not None:
         raise ModelError(f"example_inputs are for torch modules, not {type(model).__name__}; pass the target by "
                          "keyword: lowbit.compile(model, target='cpu')")
-    if format is not None:
+    if format is not None or budget_bits is not None:
         check_method(method, calibration)
     if is_onnx_model(model):
         return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress, method,
-                             calibration, tuning_log)
+                             calibration, tuning_log, budget_bits)
+    if budget_bits is not None:
+        raise ModelError("budget_bits chooses per-layer formats for float ONNX models (and torch modules through "
+                         f"lowbit.quantize_model), not for a {type(model).__name__}")
     if not isinstance(model, Sequential):
         raise WeightError(f"lowbit.compile takes an ONNX model (path or onnx.ModelProto), a torch module or a "
                           f"lowbit.compiler.graph.Sequential, got {type(model).__name__}")

@@ -28,10 +28,11 @@ def write_quantized(proto, layers, weights, style="qdq"):
     if style not in STYLES:
         raise ModelError(f"unknown ONNX quantization style {style!r}: choose one of {', '.join(STYLES)}")
     for layer in layers:
-        if weights[layer.node.name].format.kind == "codebook":
+        if weights[layer.node.name].format.kind in ("codebook", "higgs"):
             raise ModelError(f"node {layer.node.name!r}: {weights[layer.node.name].format.name} is a codebook "
-                             "format, which ONNX cannot express (DequantizeLinear and MatMulNBits are affine): use a "
-                             "uniform format (w4g128, w8, ...), or compile it with lowbit directly")
+                             "format, which ONNX cannot express (DequantizeLinear and MatMulNBits are affine): use "
+                             "uniform formats (w4g128, w8, ...), or compile it with lowbit directly (lowbit compile "
+                             "--format ... --budget-bits ...)")
     if style == "qdq":
         proto = _at_least_opset(proto, QDQ_OPSET)
         replaced = {layer.node.name: _qdq_nodes(proto, layer, weights[layer.node.name]) for layer in layers}

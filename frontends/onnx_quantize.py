@@ -110,33 +110,53 @@ def _with_outputs(proto, layers):
     return probe
 
 
-def quantize_onnx_layers(model, fmt, method="rtn", calibration=None):
-    """Quantize the float layers of ``model``: returns (named ModelProto, layers, {node name: QuantizedWeight})."""
+def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_bits=None):
+    """Quantize the float layers of ``model``: returns (named ModelProto, layers, {node name: QuantizedWeight},
+    AllocationReport or None).
+
+    ``formats``: one format (every layer), or with ``budget_bits`` the candidates each layer's format is chosen
+    from (``frontends.quantize.allocate_formats``; calibration, when given, gives output errors and measured
+    sensitivities, and GPTQ's Hessians are the same ones).
+    """
+    from lowbit.frontends.layer_sets import onnx_layer_set
     from lowbit.frontends.onnx import load_onnx
     from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
-    from lowbit.frontends.quantize import quantize_weight
+    from lowbit.frontends.quantize import candidate_formats, layer_formats, quantize_weight
 
+    candidates = candidate_formats(formats, budget_bits)
     proto = load_onnx(model)
     name_nodes(proto.graph)
     check_references(proto.graph)
     layers = float_layers(OnnxGraph(proto.graph))
     if not layers:
         raise ModelError("the ONNX model has no float MatMul / Gemm with a constant 2-D weight to quantize")
-    hessians = layer_hessians(proto, layers, calibration) if method == "gptq" else {}
+    chosen, hessians, report = layer_formats(candidates, budget_bits, method, len(layers),
+                                             lambda: onnx_layer_set(proto, layers, calibration),
+                                             lambda: layer_hessians(proto, layers, calibration))
     weights = {}
-    for layer in layers:
+    for layer, fmt in zip(layers, chosen):
         try:
             weights[layer.node.name] = quantize_weight(layer.weight, fmt, method, hessians.get(layer.node.name))
         except ValueError as err:
             raise ModelError(f"node {layer.node.name!r} ({layer.node.op_type}, weight {layer.node.input[1]!r}, "
                              f"N x K = {layer.weight.shape}): {err}") from err
-    return proto, layers, weights
+    return proto, layers, weights, report
 
 
-def quantize_onnx(model, fmt, method="rtn", calibration=None, style="qdq"):
+ALLOCATION_KEY = "lowbit.allocation"  # metadata_props key of a budget-quantized model's AllocationReport (JSON)
+
+
+def quantize_onnx(model, formats, method="rtn", calibration=None, style="qdq", budget_bits=None):
     """Quantize a float ONNX model and return it as a quantized ``onnx.ModelProto`` (``style``: ``qdq`` =
-    blocked ``DequantizeLinear`` of the integers, ``matmulnbits`` = ``com.microsoft.MatMulNBits``)."""
+    blocked ``DequantizeLinear`` of the integers, ``matmulnbits`` = ``com.microsoft.MatMulNBits``). With
+    ``budget_bits`` the per-layer choice's report is kept as JSON in ``metadata_props[ALLOCATION_KEY]``."""
+    import json
+
     from lowbit.frontends.onnx_export import write_quantized
 
-    proto, layers, weights = quantize_onnx_layers(model, fmt, method, calibration)
-    return write_quantized(proto, layers, weights, style)
+    proto, layers, weights, report = quantize_onnx_layers(model, formats, method, calibration, budget_bits)
+    quantized = write_quantized(proto, layers, weights, style)
+    if report is not None:
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = ALLOCATION_KEY, json.dumps(report.as_manifest())
+    return quantized

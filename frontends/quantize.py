@@ -1,6 +1,5 @@
 """``lowbit.quantize_model``: quantize the linear layers of a torch module or a float ONNX model.
 
-One signature for both (issue 9, quantization quality, extends it with per-layer formats under a size budget):
 ``quantize_model(model, formats="w4g128", method="rtn" | "gptq", calibration=None, budget_bits=None)``.
 
 - torch ``nn.Module``: every ``nn.Linear`` becomes a :class:`lowbit.frontends.torch_quantize.QuantizedLinear`
@@ -11,29 +10,44 @@ One signature for both (issue 9, quantization quality, extends it with per-layer
 
 ``method="gptq"`` needs ``calibration``: torch, an iterable of batches (a tensor, a tuple of positional
 inputs, or a dict of keyword inputs); ONNX, a dict ``{input name: array}`` (one batch) or a list of such dicts.
+
+Per-layer formats under a size budget (``formats=[...]`` candidates with ``budget_bits=``): each layer's error
+in each candidate is measured (relative L2 of the weight; with calibration, of the layer's output on its
+calibration inputs), each layer's sensitivity estimated (data-free: 1 for every layer, the linearity theorem
+with equal weights; with calibration: measured, the model's output error per unit of noise added to that
+layer), and dynamic programming picks the formats minimising the weighted error sum with average bits per
+weight (scales, zero points and codebooks included) within the budget (:mod:`lowbit.compiler.quality`).
+The choice is reported as an :class:`AllocationReport`.
 """
+import dataclasses
+import math
 import sys
 
 from lowbit.compiler.formats import parse_format, quantize
 from lowbit.errors import FormatError, ModelError
 
 METHODS = ("rtn", "gptq")
-BUDGET_FEATURE = ("per-layer format allocation under a size budget (issue 9, quantization quality: "
-                  "`formats=[...]` with `budget_bits=`)")
+
+
+def candidate_formats(formats, budget_bits=None):
+    """The candidate format objects: one format, or with ``budget_bits`` one or more to choose from per layer."""
+    names = list(formats) if isinstance(formats, (list, tuple)) else [formats]
+    if not names:
+        raise FormatError("formats=[]: give at least one format, e.g. 'w4g128' or ['w2g64', 'higgs3g64', 'w4g64']")
+    if budget_bits is None and len(names) > 1:
+        raise FormatError(f"formats={[getattr(n, 'name', n) for n in names]!r} are several candidates: choosing "
+                          "among them per layer needs budget_bits=... (average bits per weight allowed, e.g. 3.25); "
+                          "or pass one format")
+    return [parse_format(name) for name in names]
 
 
 def single_format(formats, budget_bits=None):
-    """The one format of ``formats`` (a name, a format object, or a one-element list); lists of several
-    candidates and ``budget_bits`` belong to issue 9 and are an error naming that feature until it exists."""
+    """The one format of ``formats`` (a name, a format object, or a one-element list), no budget."""
     if budget_bits is not None:
-        raise FormatError(f"budget_bits={budget_bits!r}: {BUDGET_FEATURE} is not implemented yet; pass one format "
-                          "(formats='w4g128') and no budget_bits")
-    if isinstance(formats, (list, tuple)):
-        if len(formats) != 1:
-            raise FormatError(f"formats={list(formats)!r}: choosing among several candidate formats per layer is "
-                              f"{BUDGET_FEATURE}, not implemented yet; pass one format (formats='w4g128')")
-        formats = formats[0]
-    return parse_format(formats)
+        raise FormatError(f"budget_bits={budget_bits!r} chooses formats per layer; this command writes one format: "
+                          "drop budget_bits")
+    (fmt,) = candidate_formats(formats)
+    return fmt
 
 
 def check_method(method, calibration):
@@ -54,6 +68,78 @@ def quantize_weight(weight, fmt, method, H=None):
     return gptq_quantize(weight, H, fmt)
 
 
+@dataclasses.dataclass
+class AllocationReport:
+    """Per-layer formats chosen under a budget, with what each layer's choice costs and errs.
+
+    ``layers``: one dict per layer: ``name``, ``format``, ``bits_per_weight``, ``weights`` (N * K),
+    ``weight_sqnr_db`` and ``output_sqnr_db`` (None without calibration). ``table``: every layer in every
+    candidate (:func:`lowbit.compiler.quality.measure_layers`' LayerQuality rows).
+    """
+
+    budget_bits: float
+    bits_per_weight: float
+    candidates: list
+    sensitivities: str  # "measured" (calibration) or "equal" (data-free)
+    layers: list
+    table: list = dataclasses.field(repr=False, default_factory=list)
+
+    def formats(self):
+        """The chosen format names, in layer order."""
+        return [layer["format"] for layer in self.layers]
+
+    def by_name(self):
+        """{layer name: its layer dict}."""
+        return {layer["name"]: layer for layer in self.layers}
+
+    def as_manifest(self):
+        """The JSON-able summary an artifact's manifest keeps (no table)."""
+        return {"budget_bits": self.budget_bits, "bits_per_weight": self.bits_per_weight,
+                "candidates": self.candidates, "sensitivities": self.sensitivities, "layers": self.layers}
+
+
+def allocate_formats(layer_set, candidates, budget_bits, method="rtn"):
+    """Choose a format per layer of a :class:`~lowbit.frontends.layer_sets.LayerSet` within ``budget_bits``;
+    returns an :class:`AllocationReport`. GPTQ (``method="gptq"``) is used for the candidates' errors too."""
+    from lowbit.compiler import quality
+
+    quantizer = None
+    if method == "gptq":
+        def quantizer(index, w, fmt):
+            return quantize_weight(w, fmt, method, layer_set.hessians[index])
+    names = [fmt.name for fmt in candidates]
+    formats, allocation, table = quality.choose_formats(layer_set.weights, names, budget_bits, layer_set.inputs(),
+                                                        layer_set.run, layer_set.names, quantizer)
+    layers = []
+    for row, chosen in zip(table, formats):
+        cell = next(c for c in row if c.format == chosen)
+        w = layer_set.weights[len(layers)]
+        layers.append({"name": cell.layer, "format": chosen, "bits_per_weight": cell.bits_per_weight,
+                       "weights": int(w.size), "weight_sqnr_db": _finite(cell.weight_sqnr_db),
+                       "output_sqnr_db": _finite(cell.output_sqnr_db)})
+    return AllocationReport(float(budget_bits), allocation.bits_per_weight, names,
+                            "equal" if layer_set.run is None else "measured", layers, table)
+
+
+def layer_formats(candidates, budget_bits, method, count, layer_set, hessians):
+    """(format per layer, {layer name: X^T X}, AllocationReport or None) for a frontend's ``count`` layers.
+
+    ``layer_set()`` makes the :class:`~lowbit.frontends.layer_sets.LayerSet` (with a budget);
+    ``hessians()`` gives GPTQ's Hessians by layer name (without one).
+    """
+    if budget_bits is not None:
+        chosen_set = layer_set()
+        report = allocate_formats(chosen_set, candidates, budget_bits, method)
+        return ([parse_format(name) for name in report.formats()],
+                dict(zip(chosen_set.names, chosen_set.hessians or [])), report)
+    return candidates * count, hessians() if method == "gptq" else {}, None
+
+
+def _finite(value):
+    """dB for JSON: None stays None, an exact (infinite) SQNR becomes None too (JSON has no infinity)."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 3)
+
+
 def is_torch_module(model):
     """Whether ``model`` is a ``torch.nn.Module`` (without importing torch when nothing else did)."""
     torch = sys.modules.get("torch")
@@ -66,29 +152,32 @@ def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budg
     Parameters
     ----------
     model : torch.nn.Module, str, os.PathLike or onnx.ModelProto
-    formats : str, format object or list of one
-        ``w4g128``, ``w4g64s``, ``nf4g64``, ... (several candidates: issue 9's budget allocation, not yet).
+    formats : str, format object or list of them
+        ``w4g128``, ``w4g64s``, ``nf4g64``, ``higgs3g64``, ...; several candidates need ``budget_bits``.
     method : {"rtn", "gptq"}
     calibration : optional
-        Calibration batches (required for ``gptq``).
+        Calibration batches (required for ``gptq``; with ``budget_bits`` they also give output errors and
+        measured sensitivities).
     budget_bits : float, optional
-        Average bits per weight for a per-layer allocation (issue 9; not implemented yet: an error).
+        Average bits per weight (scales included) for a per-layer choice among ``formats``.
 
     Returns
     -------
-    The torch module (changed in place), or a quantized ``onnx.ModelProto``.
+    The torch module (changed in place; with a budget its ``lowbit_allocation`` is the
+    :class:`AllocationReport`), or a quantized ``onnx.ModelProto`` (with a budget, the report's JSON is in its
+    ``metadata_props`` under ``lowbit.allocation``).
     """
     from lowbit.compiler.api import is_onnx_model
 
-    fmt = single_format(formats, budget_bits)
+    candidates = candidate_formats(formats, budget_bits)
     check_method(method, calibration)
     if is_onnx_model(model):
         from lowbit.frontends.onnx_quantize import quantize_onnx
 
-        return quantize_onnx(model, fmt, method, calibration)
+        return quantize_onnx(model, candidates, method, calibration, budget_bits=budget_bits)
     if is_torch_module(model):
         from lowbit.frontends.torch_quantize import quantize_torch
 
-        return quantize_torch(model, fmt, method, calibration)
+        return quantize_torch(model, candidates, method, calibration, budget_bits=budget_bits)
     raise ModelError(f"quantize_model takes a torch.nn.Module or an ONNX model (path or onnx.ModelProto), got "
                      f"{type(model).__name__}")

@@ -28,7 +28,7 @@ class QuantizedLinear(torch.nn.Module):
 
     def __init__(self, weight, bias=None):
         super().__init__()
-        N, K = weight.codes.shape
+        N, K = weight.shape
         self.in_features, self.out_features = K, N
         self.format_name = weight.format.name
         self.register_buffer("codes", torch.from_numpy(weight.codes.copy()))
@@ -59,8 +59,13 @@ class QuantizedLinear(torch.nn.Module):
         return QuantizedWeight(self.format, self.codes.cpu().numpy(), self.scales.cpu().numpy(), zeros)
 
     def dequantized_weight(self):
-        """The float32 (N, K) weight, computed in torch."""
+        """The float32 (N, K) weight, computed in torch (HIGGS formats: the NumPy reference's un-rotated
+        weight, computed once: its inverse rotation has no torch twin here)."""
         fmt = self.format
+        if fmt.kind == "higgs":
+            if getattr(self, "_higgs_weight", None) is None:
+                self._higgs_weight = torch.from_numpy(self.quantized_weight().dequantize())
+            return self._higgs_weight
         group = fmt.group_size or self.in_features
         scales = self.scales.repeat_interleave(group, dim=1)
         if self.levels is not None:
@@ -127,15 +132,25 @@ def linear_hessians(model, calibration):
     return {name: value.cpu().numpy() for name, value in sums.items()}
 
 
-def quantize_torch(model, fmt, method="rtn", calibration=None):
-    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantizedLinear`; returns ``model``."""
+def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=None):
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantizedLinear`; returns ``model``.
+
+    ``formats``: one format, or with ``budget_bits`` the candidates each layer's format is chosen from
+    (``frontends.quantize.allocate_formats``); the report is then ``model.lowbit_allocation``.
+    """
+    from lowbit.frontends.layer_sets import torch_layer_set
+    from lowbit.frontends.quantize import candidate_formats, layer_formats
+
+    candidates = candidate_formats(formats, budget_bits)
     layers = _linear_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no nn.Linear layer to quantize")
     was_training = model.training
     model.eval()
-    hessians = linear_hessians(model, calibration) if method == "gptq" else {}
-    for name, linear in layers:
+    chosen, hessians, report = layer_formats(candidates, budget_bits, method, len(layers),
+                                             lambda: torch_layer_set(model, layers, calibration),
+                                             lambda: linear_hessians(model, calibration))
+    for (name, linear), fmt in zip(layers, chosen):
         try:
             quantized = QuantizedLinear.from_linear(linear, fmt, method, hessians.get(name))
         except ValueError as err:
@@ -143,6 +158,8 @@ def quantize_torch(model, fmt, method="rtn", calibration=None):
                              f"{err}") from err
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, quantized)
+    if report is not None:
+        model.lowbit_allocation = report
     model.train(was_training)
     return model
 

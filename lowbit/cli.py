@@ -20,6 +20,7 @@ COMMANDS = {
     "tune": ("lowbit.commands.tune", "autotune the mpGEMM kernels of a model (or one shape) into a tuning log"),
     "decoder": ("lowbit.commands.decoder", "model demo / benchmark: an onnxruntime-quantized decoder vs onnxruntime"),
     "quantize": ("lowbit.commands.quantize", "quantize a float ONNX model and write it as quantized ONNX"),
+    "quality": ("lowbit.commands.quality", "per-layer and end-to-end quantization error (SQNR) in candidate formats"),
     "bundle-runtime": ("lowbit.commands.bundle_runtime",
                        "gather what lowbit.runtime needs into a folder for a GPU machine (plus GPU tests, bench)"),
 }

@@ -77,7 +77,7 @@ def rng():
                                         ("w4g32", "matmulnbits"), ("w8g16s", "matmulnbits")])
 def test_quantized_model_runs_in_onnxruntime_as_lowbit_dequantized(rng, fmt, style):
     model, b2 = float_mlp(rng)
-    _, _, weights = quantize_onnx_layers(model, lowbit.parse_format(fmt))
+    _, _, weights, _ = quantize_onnx_layers(model, lowbit.parse_format(fmt))
     quantized = quantize_onnx(model, lowbit.parse_format(fmt), style=style)
     ops = {node.op_type for node in quantized.graph.node}
     assert ("MatMulNBits" if style == "matmulnbits" else "DequantizeLinear") in ops
@@ -184,7 +184,7 @@ def test_cli_compile_float_model_with_gptq_and_dump_ir(rng, tmp_path):
     assert "lowbit_w0" in (tmp_path / "ir" / "0-import.txt").read_text()
     assert "lowbit_w0" not in (tmp_path / "ir" / "1-lower.txt").read_text()
     # the artifact holds GPTQ's integers: same output as compiling the GPTQ-quantized model in process
-    _, _, weights = quantize_onnx_layers(model, lowbit.parse_format("w4g32"), "gptq", {"x": calibration})
+    _, _, weights, _ = quantize_onnx_layers(model, lowbit.parse_format("w4g32"), "gptq", {"x": calibration})
     x = rng.standard_normal((3, K)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     done = lowbit_cli("run", "m.lowbit", "--input", "x=x.npy", "--output", "out.npz", cwd=tmp_path)
@@ -220,7 +220,7 @@ def test_gptq_reads_the_rows_of_a_gemm_with_trans_a(rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     rows = correlated_inputs(rng)(300)
-    _, _, weights = quantize_onnx_layers(model, lowbit.parse_format("w4g32"), "gptq", {"a": rows.T})
+    _, _, weights, _ = quantize_onnx_layers(model, lowbit.parse_format("w4g32"), "gptq", {"a": rows.T})
     from lowbit.compiler.gptq import gptq_quantize, hessian
 
     expected = gptq_quantize(weight.T, hessian([rows], K)[0], "w4g32")

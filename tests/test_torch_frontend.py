@@ -75,9 +75,15 @@ def test_quantize_model_replaces_every_linear_in_place(net):
     assert not any(isinstance(module, torch.nn.Linear) for module in model.modules())
 
 
-def test_budget_allocation_is_issue_9(net):
-    with pytest.raises(FormatError, match="issue 9"):
-        lowbit.quantize_model(net, formats=["w4g32", "w2g32"], budget_bits=3.0)
+def test_several_formats_need_a_budget_and_the_budget_is_kept(net):
+    with pytest.raises(FormatError, match="needs budget_bits"):
+        lowbit.quantize_model(net, formats=["w4g32", "w2g32"])
+    lowbit.quantize_model(net, formats=["w4g32", "w2g32"], budget_bits=3.0)  # data-free: weight errors
+    layers = [net.block.fc1, net.block.fc2, net.head]
+    sizes = [m.in_features * m.out_features for m in layers]
+    bits = [m.format.bits_per_weight(m.in_features) for m in layers]
+    assert sum(s * b for s, b in zip(sizes, bits)) / sum(sizes) <= 3.0
+    assert [m.format_name for m in layers] == net.lowbit_allocation.formats()
 
 
 def correlated(rows, mixing):

@@ -1,7 +1,7 @@
 """``lowbit compile``: compile a quantized ONNX model into one artifact file."""
 import os
 
-from lowbit.commands.quantize import add_method_arguments
+from lowbit.commands.quantize import add_budget_argument, add_method_arguments, format_list
 
 HELP = "compile a quantized ONNX model into a .lowbit artifact"
 
@@ -13,9 +13,11 @@ def add_arguments(parser):
                         "(NVIDIA GPUs; needs nvcc here, not a GPU)")
     parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
                         help="kernel family for the quantized layers (default: auto)")
-    parser.add_argument("--format", metavar="NAME",
-                        help="also quantize the float MatMul / Gemm weights to this format (w4g128, w8, ...)")
+    parser.add_argument("--format", metavar="NAME[,NAME...]",
+                        help="also quantize the float MatMul / Gemm weights to this format (w4g128, w8, ...); with "
+                             "--budget-bits, the candidate formats to choose from per layer")
     add_method_arguments(parser)
+    add_budget_argument(parser)
     parser.add_argument("--dump-ir", metavar="DIR",
                         help="write the IR after each pipeline phase to DIR (Relax before / after lowering, "
                              "TIR per kernel, the built module)")
@@ -36,9 +38,10 @@ def run(args):
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise ModelError(f"cannot write {args.output!r}: folder {folder!r} does not exist; create it first")
-    if args.format is None and (args.method != "rtn" or args.calibration is not None):
+    if args.format is None and args.budget_bits is None and (args.method != "rtn" or args.calibration is not None):
         raise ModelError("--method / --calibration choose how --format quantizes float weights: add --format NAME")
-    compiled = lowbit.compile(args.model, target=args.target, format=args.format, kernel=args.kernel,
+    compiled = lowbit.compile(args.model, target=args.target, format=format_list(args.format, args.budget_bits),
+                              kernel=args.kernel, budget_bits=args.budget_bits,
                               dump_ir=args.dump_ir, progress=True, method=args.method,
                               calibration=args.calibration,
                               tuning_log=False if args.no_tuning_log else args.tuning_log)
@@ -60,4 +63,15 @@ def _print_summary(manifest, path):
     for layer in layers:
         print(f"  {layer['name']:<32} {layer['format']:<10} N={layer['N']:<6} K={layer['K']:<6} "
               f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')}), "
-              f"schedule: {layer.get('schedule', 'default')}")
+              f"schedule: {layer.get('schedule', 'default')}{_sqnr_text(layer)}")
+    allocation = manifest.get("allocation")
+    if allocation is not None:
+        print(f"budget {allocation['budget_bits']} bits/weight: chose {allocation['bits_per_weight']:.3f} on average "
+              f"from {', '.join(allocation['candidates'])} (sensitivities {allocation['sensitivities']})")
+
+
+def _sqnr_text(layer):
+    if layer.get("weight_sqnr_db") is None:
+        return ""
+    output = layer.get("output_sqnr_db")
+    return f", SQNR weight {layer['weight_sqnr_db']:.1f} dB" + ("" if output is None else f", output {output:.1f} dB")

@@ -41,7 +41,7 @@ def describe(manifest, path):
     ]
     lines += [f"input     {_spec(spec)}" for spec in manifest["inputs"]]
     lines += [f"output    {_spec(spec)}" for spec in manifest["outputs"]]
-    lines += ["", *_layer_table(manifest.get("layers", [])), "", _weight_summary(manifest)]
+    lines += ["", *_layer_table(manifest.get("layers", [])), "", *_weight_summary(manifest)]
     return lines
 
 
@@ -50,9 +50,9 @@ def _spec(spec):
 
 
 def _layer_table(layers):
-    header = ("layer", "format", "N", "K", "bits/weight", "kernel", "schedule")
+    header = ("layer", "format", "N", "K", "bits/weight", "kernel", "schedule", "SQNR weight/output dB")
     rows = [(layer["name"], layer["format"], str(layer["N"]), str(layer["K"]), f"{layer['bits_per_weight']:.3f}",
-             layer["kernel"], layer.get("schedule", "default")) for layer in layers]
+             layer["kernel"], layer.get("schedule", "default"), _sqnr(layer)) for layer in layers]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths)).rstrip()]
     for layer, row in zip(layers, rows):
@@ -63,10 +63,29 @@ def _layer_table(layers):
     return lines
 
 
+def _sqnr(layer):
+    """``weight / output`` SQNR of a layer whose format was chosen under a budget (measured then), else ``-``."""
+    def text(value):
+        return "-" if value is None else f"{value:.1f}"
+    if "weight_sqnr_db" not in layer:
+        return "-"
+    return f"{text(layer['weight_sqnr_db'])} / {text(layer.get('output_sqnr_db'))}"
+
+
 def _weight_summary(manifest):
     import numpy as np
 
     packed = sum(int(np.prod(p["shape"], dtype=np.int64)) * np.dtype(p["dtype"]).itemsize for p in manifest["params"])
     float32 = sum(4 * layer["N"] * layer["K"] for layer in manifest.get("layers", []))
     ratio = f"; float32 weights would take {float32:,} bytes ({float32 / packed:.1f}x)" if packed and float32 else ""
-    return f"weights   {packed:,} bytes in {len(manifest['params'])} params{ratio}"
+    layers = manifest.get("layers", [])
+    count = sum(layer["N"] * layer["K"] for layer in layers)
+    average = sum(layer["bits_per_weight"] * layer["N"] * layer["K"] for layer in layers) / count if count else 0.0
+    lines = [f"weights   {packed:,} bytes in {len(manifest['params'])} params{ratio}"]
+    if count:
+        lines.append(f"          {count:,} quantized weights at {average:.3f} bits/weight on average (scales included)")
+    allocation = manifest.get("allocation")
+    if allocation is not None:
+        lines.append(f"budget    {allocation['budget_bits']} bits/weight, formats chosen per layer from "
+                     f"{', '.join(allocation['candidates'])} (sensitivities {allocation['sensitivities']})")
+    return lines

@@ -11,8 +11,10 @@ HELP = "quantize a float ONNX model (RTN or GPTQ) and write it as a quantized ON
 def add_arguments(parser):
     parser.add_argument("model", metavar="FLOAT.onnx", help="the float ONNX model")
     parser.add_argument("--output", "-o", required=True, metavar="Q.onnx", help="quantized ONNX model to write")
-    parser.add_argument("--format", required=True, metavar="NAME", help="weight format (w4g128, w8, w4g32s, ...)")
+    parser.add_argument("--format", required=True, metavar="NAME[,NAME...]",
+                        help="weight format (w4g128, w8, w4g32s, ...); with --budget-bits, the candidates per layer")
     add_method_arguments(parser)
+    add_budget_argument(parser)
     parser.add_argument("--style", default="qdq", choices=("qdq", "matmulnbits"),
                         help="how the integers are written: blocked DequantizeLinear (qdq, opset 21) or "
                              "com.microsoft.MatMulNBits")
@@ -23,7 +25,24 @@ def add_method_arguments(parser):
     parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
                         help="rtn: round to nearest (default); gptq: error feedback from --calibration inputs")
     parser.add_argument("--calibration", metavar="DATA.npz",
-                        help="calibration inputs for gptq: an .npz whose keys are the model's input names")
+                        help="calibration inputs for gptq (and for output errors and measured sensitivities with "
+                             "--budget-bits): an .npz whose keys are the model's input names")
+
+
+def add_budget_argument(parser):
+    """--budget-bits (shared with ``lowbit compile``)."""
+    parser.add_argument("--budget-bits", type=float, metavar="BITS",
+                        help="choose each layer's format among the --format candidates (default for compile: "
+                             "w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64) so the average bits per "
+                             "weight, scales and zero points included, stay within BITS")
+
+
+def format_list(text, budget_bits=None):
+    """``--format`` as the API takes it: None, one name, or (comma-separated) a list of candidates."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names if budget_bits is not None or len(names) != 1 else names[0]
 
 
 def run(args):
@@ -31,17 +50,22 @@ def run(args):
 
     from lowbit.errors import ModelError
     from lowbit.frontends.onnx_quantize import quantize_onnx
-    from lowbit.frontends.quantize import check_method, single_format
+    from lowbit.frontends.quantize import candidate_formats, check_method
 
-    fmt = single_format(args.format)
+    candidates = candidate_formats(format_list(args.format, args.budget_bits), args.budget_bits)
     check_method(args.method, args.calibration)
+    if args.calibration is not None and args.method == "rtn" and args.budget_bits is None:
+        raise ModelError("--calibration is used by --method gptq or with --budget-bits: add one, or drop it")
     if not os.path.isfile(args.model):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
-    proto = quantize_onnx(args.model, fmt, args.method, args.calibration, style=args.style)
+    proto = quantize_onnx(args.model, candidates, args.method, args.calibration, style=args.style,
+                          budget_bits=args.budget_bits)
     temporary = f"{args.output}.tmp{os.getpid()}"
     onnx.save(proto, temporary)
     os.replace(temporary, args.output)  # a failed run leaves no half-written model
     layers = sum(node.op_type in ("DequantizeLinear", "MatMulNBits") for node in proto.graph.node)
+    what = candidates[0].name if args.budget_bits is None else \
+        f"formats chosen per layer within {args.budget_bits} bits/weight"
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB): {layers} layers quantized to "
-          f"{fmt.name} ({args.method}, {args.style})")
+          f"{what} ({args.method}, {args.style})")
     return 0

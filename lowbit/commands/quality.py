@@ -1,0 +1,96 @@
+"""``lowbit quality``: quantization error of a float ONNX model's layers in candidate formats.
+
+Per layer and candidate: bits per weight (scales, zero points, codebooks included), weight SQNR and, with
+``--calibration``, output SQNR on the layer's calibration inputs; with calibration also the end-to-end output
+SQNR of the whole model quantized to each candidate (and to the per-layer choice under ``--budget-bits``).
+``--plot`` writes error vs bits per weight as a PNG, ``--json`` the numbers.
+"""
+import os
+
+HELP = "per-layer and end-to-end quantization error (SQNR) of a float ONNX model in candidate formats"
+
+
+def add_arguments(parser):
+    parser.add_argument("model", metavar="FLOAT.onnx", help="the float ONNX model")
+    parser.add_argument("--formats", metavar="NAME[,NAME...]",
+                        help="candidate formats (default: w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64)")
+    parser.add_argument("--calibration", metavar="DATA.npz",
+                        help="sample model inputs (an .npz keyed by input name): output and end-to-end SQNR")
+    parser.add_argument("--budget-bits", type=float, metavar="BITS",
+                        help="also show the per-layer choice within BITS average bits per weight")
+    parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
+                        help="rtn (default) or gptq (needs --calibration)")
+    parser.add_argument("--plot", metavar="OUT.png", help="write a plot of SQNR vs bits per weight")
+    parser.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
+
+
+def run(args):
+    import json
+
+    import numpy as np
+
+    from lowbit.commands.quantize import format_list
+    from lowbit.compiler import quality
+    from lowbit.errors import ModelError
+    from lowbit.frontends.layer_sets import onnx_layer_set
+    from lowbit.frontends.onnx import load_onnx
+    from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
+    from lowbit.frontends.onnx_quantize import float_layers
+    from lowbit.frontends.quantize import allocate_formats, candidate_formats, check_method, quantize_weight
+
+    if not os.path.isfile(args.model):
+        raise ModelError(f"ONNX model {args.model!r} does not exist")
+    check_method(args.method, args.calibration)
+    names = format_list(args.formats, budget_bits=0.0) if args.formats else list(quality.DEFAULT_CANDIDATES)
+    candidates = candidate_formats(names, budget_bits=0.0)  # several candidates are the point here
+    for path in (args.plot, args.json):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ModelError(f"cannot write {path!r}: its folder does not exist; create it first")
+    proto = load_onnx(args.model)
+    name_nodes(proto.graph)
+    check_references(proto.graph)
+    layers = float_layers(OnnxGraph(proto.graph))
+    if not layers:
+        raise ModelError(f"{args.model} has no float MatMul / Gemm with a constant 2-D weight: `lowbit quality` "
+                         "measures a float model (before quantization)")
+    layer_set = onnx_layer_set(proto, layers, args.calibration)
+
+    def quantizer(index, w, fmt):
+        return quantize_weight(w, fmt, args.method, None if layer_set.hessians is None else layer_set.hessians[index])
+
+    table = quality.measure_layers(layer_set.weights, [f.name for f in candidates], layer_set.inputs(),
+                                   layer_set.names, quantizer)
+    sizes = np.array([w.size for w in layer_set.weights], np.float64)
+    end_to_end = {}
+    if layer_set.run is not None:
+        for column, fmt in enumerate(candidates):
+            dequantized = [quantizer(i, w, fmt).dequantize() for i, w in enumerate(layer_set.weights)]
+            bits = float((sizes * [row[column].bits_per_weight for row in table]).sum() / sizes.sum())
+            end_to_end[fmt.name] = (bits, quality.end_to_end_sqnr(layer_set.run, layer_set.weights, dequantized))
+    report = None
+    if args.budget_bits is not None:
+        report = allocate_formats(layer_set, candidates, args.budget_bits, args.method)
+        if layer_set.run is not None:
+            chosen = [quantizer(i, w, fmt).dequantize()
+                      for i, (w, fmt) in enumerate(zip(layer_set.weights, report.formats()))]
+            end_to_end[f"budget {args.budget_bits}"] = (
+                report.bits_per_weight, quality.end_to_end_sqnr(layer_set.run, layer_set.weights, chosen))
+    print(quality.format_table(table, end_to_end))
+    if layer_set.run is None:
+        print("(no --calibration: output and end-to-end SQNR need sample inputs)")
+    if report is not None:
+        print(f"budget {args.budget_bits} bits/weight -> {report.bits_per_weight:.3f}: "
+              + ", ".join(f"{layer['name']}={layer['format']}" for layer in report.layers))
+    if args.plot:
+        quality.plot_error_vs_bits(table, args.plot, end_to_end, title=f"{os.path.basename(args.model)}: SQNR vs bits")
+        print(f"wrote {args.plot}")
+    if args.json:
+        rows = [dict(cell.__dict__) for row in table for cell in row]
+        data = {"layers": rows, "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()},
+                "allocation": None if report is None else report.as_manifest()}
+        temporary = f"{args.json}.tmp{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=lambda v: None)
+        os.replace(temporary, args.json)
+        print(f"wrote {args.json}")
+    return 0
