@@ -168,8 +168,11 @@ def main(argv=None):
         if gptq is not None and fmt.kind == "uniform":
             approx = [gptq(i, w, fmt).dequantize() for i, w in enumerate(weights)]
             end_to_end[f"{name} gptq"] = (bits, quality.end_to_end_sqnr(run, weights, approx))
-    for label, calibrated in (("data-free", False), ("calibrated", True)):
-        formats, alloc, _ = quality.choose_formats(weights, FORMATS, args.budget,
+    compilable = quality.DEFAULT_CANDIDATES  # no 2-D-grid (v2) HIGGS: no kernel decodes it yet
+    for label, calibrated, candidates in (("data-free", False, FORMATS), ("calibrated", True, FORMATS),
+                                          ("data-free, compilable", False, compilable),
+                                          ("calibrated, compilable", True, compilable)):
+        formats, alloc, _ = quality.choose_formats(weights, candidates, args.budget,
                                                    calib_inputs if calibrated else None,
                                                    _calibration_run(model, calib_ctx) if calibrated else None, names)
         approx = [quantize(w, f).dequantize() for w, f in zip(weights, formats)]

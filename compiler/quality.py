@@ -88,7 +88,8 @@ def choose_formats(weights, candidates, budget_bits, inputs=None, run=None, name
     sizes = [int(np.asarray(w).size) for w in weights]
     bits = [[cell.bits_per_weight for cell in row] for row in table]
     errors = [[cell.relative_error for cell in row] for row in table]
-    alphas = None if run is None else allocation.measure_sensitivities(run, [np.asarray(w) for w in weights])
+    alphas = None if run is None else allocation.measure_sensitivities(run, [np.asarray(w) for w in weights],
+                                                                       inputs=inputs)
     choice, average, predicted = allocation.allocate(sizes, bits, errors, budget_bits, alphas)
     formats = [table[layer][cand].format for layer, cand in enumerate(choice)]
     return formats, allocation.Allocation(tuple(formats), average, predicted), table

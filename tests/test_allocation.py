@@ -93,3 +93,20 @@ def test_relative_error_and_sqnr():
     assert allocation.sqnr_db(w, w) == float("inf")
     x = np.array([[1.0, 0.0]])  # the input never reaches the second column: its error does not count
     assert allocation.relative_error(w, np.array([[3.0, 0.0]]), x) == 0.0
+
+
+def test_sensitivity_with_inputs_is_per_unit_of_output_error():
+    """For a model that is one linear layer, the end-to-end error *is* the layer's output error: alpha = 1
+    when measured per unit of output t**2 (the unit the calibrated allocation multiplies it with); per unit of
+    weight t**2 it would be the input's anisotropy instead."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 24)) * np.geomspace(0.05, 5, 24)
+    w = rng.standard_normal((16, 24))
+
+    def run(weights):
+        return x @ weights[0].T
+
+    (per_output,) = allocation.measure_sensitivities(run, [w], inputs=[x])
+    (per_weight,) = allocation.measure_sensitivities(run, [w])
+    assert per_output == pytest.approx(1.0, rel=1e-9)
+    assert abs(per_weight - 1.0) > 0.1
