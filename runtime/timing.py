@@ -14,6 +14,10 @@ import time
 WARMUP = 2
 COPIES_MEMORY_CAP = 6 << 30  # bytes of weight copies one implementation may hold at a time
 FALLBACK_LLC = 512 << 20     # assumed where sysfs does not say (large: errs towards colder caches)
+# Seconds to wait before timing: the result check that precedes every timing runs NumPy (OpenBLAS), whose
+# worker threads keep spinning for a while after a call and take cores from the kernel being timed. Measured
+# (w4g128, 1 x 14336 x 4096, a8, cold, 2 cores): 4.1 ms right after the check, 1.9 ms after 0.1 s or more.
+SETTLE_S = 0.2
 
 
 def llc_bytes():
@@ -35,7 +39,8 @@ def copies_for(weight_bytes, llc):
 
 
 def call_times_ms(run, repeat, warmup=WARMUP):
-    """Wall times in ms of ``repeat`` calls of ``run`` after ``warmup`` untimed calls."""
+    """Wall times in ms of ``repeat`` calls of ``run`` after :data:`SETTLE_S` idle and ``warmup`` untimed calls."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         run()
     times = []
