@@ -160,7 +160,7 @@ def _with_allocation(manifest, allocation):
         return manifest
     by_name = {layer["name"]: layer for layer in allocation["layers"]}
     for layer in manifest["layers"]:
-        measured = by_name.get(layer.get("node", layer["name"]))
+        measured = by_name.get(layer["name"])
         if measured is not None:
             layer["weight_sqnr_db"] = measured["weight_sqnr_db"]
             layer["output_sqnr_db"] = measured["output_sqnr_db"]

@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from lowbit.compiler.layout import GroupWords
+
 MAGIC = 1024  # binary16 0x6400
 VECTOR_WORDS = 4  # 128-bit loads
 MMA_K_STEP = 32  # codes per K step of the tensor-core GEMM (two m16n8k16 K slices)
@@ -32,7 +34,7 @@ ROW_TILE = 16  # rows per MMA tile
 
 
 @dataclasses.dataclass(frozen=True)
-class CudaLayout:
+class CudaLayout(GroupWords):
     """Sizes of one layer's CUDA layout; everything a CUDA kernel template needs besides M and dtypes."""
 
     N: int
@@ -45,14 +47,6 @@ class CudaLayout:
     @property
     def codes_per_word(self):
         return 2 * (16 // self.bits)
-
-    @property
-    def words_per_group(self):
-        return -(-self.group_size // self.codes_per_word)
-
-    @property
-    def padded_group(self):
-        return self.words_per_group * self.codes_per_word
 
     @property
     def n_groups(self):

@@ -21,6 +21,20 @@ import numpy as np
 from lowbit.errors import KernelError
 
 
+class GroupWords:
+    """Words of packed codes per K-group, for layouts that define ``group_size`` and ``codes_per_word``
+    (the CPU layouts: 32-bit words; the CUDA layout: two 16-bit halves per word)."""
+
+    @property
+    def words_per_group(self):
+        return -(-self.group_size // self.codes_per_word)
+
+    @property
+    def padded_group(self):
+        """Codes per group after padding the group to whole words."""
+        return self.words_per_group * self.codes_per_word
+
+
 class _RowTiles:
     """Counts shared by the layouts: K-groups of ``group_size`` and tiles of ``lanes`` output rows."""
 
@@ -34,7 +48,7 @@ class _RowTiles:
 
 
 @dataclasses.dataclass(frozen=True)
-class KernelLayout(_RowTiles):
+class KernelLayout(_RowTiles, GroupWords):
     """Sizes of one layer's kernel layout; everything a kernel template needs besides M."""
 
     N: int
@@ -47,16 +61,6 @@ class KernelLayout(_RowTiles):
     @property
     def codes_per_word(self):
         return 32 // self.bits
-
-    @property
-    def words_per_group(self):
-        return -(-self.group_size // self.codes_per_word)
-
-    @property
-    def padded_group(self):
-        """Codes per group after padding the group to whole words."""
-        return self.words_per_group * self.codes_per_word
-
 
     @property
     def packed_bytes(self):

@@ -12,6 +12,7 @@ Output errors need only ``X^T X``: for any ``D``, ``||X D^T||^2 = ||R D^T||^2`` 
 activations is kept.
 """
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -27,8 +28,10 @@ class LayerSet:
     hessians: object = None  # list of (K, K) float64 X^T X, or None without calibration
     run: object = None       # run(list of (N, K) float weights) -> np.ndarray, or None without calibration
 
+    @functools.cached_property
     def inputs(self):
-        """Per layer, rows ``R`` with ``R^T R = X^T X`` (the stand-in for the calibration inputs), or None."""
+        """Per layer, rows ``R`` with ``R^T R = X^T X`` (the stand-in for the calibration inputs), or None;
+        computed once (an eigendecomposition per layer)."""
         return None if self.hessians is None else [hessian_rows(H) for H in self.hessians]
 
 

@@ -88,10 +88,6 @@ class AllocationReport:
         """The chosen format names, in layer order."""
         return [layer["format"] for layer in self.layers]
 
-    def by_name(self):
-        """{layer name: its layer dict}."""
-        return {layer["name"]: layer for layer in self.layers}
-
     def as_manifest(self):
         """The JSON-able summary an artifact's manifest keeps (no table)."""
         return {"budget_bits": self.budget_bits, "bits_per_weight": self.bits_per_weight,
@@ -108,12 +104,11 @@ def allocate_formats(layer_set, candidates, budget_bits, method="rtn"):
         def quantizer(index, w, fmt):
             return quantize_weight(w, fmt, method, layer_set.hessians[index])
     names = [fmt.name for fmt in candidates]
-    formats, allocation, table = quality.choose_formats(layer_set.weights, names, budget_bits, layer_set.inputs(),
+    formats, allocation, table = quality.choose_formats(layer_set.weights, names, budget_bits, layer_set.inputs,
                                                         layer_set.run, layer_set.names, quantizer)
     layers = []
-    for row, chosen in zip(table, formats):
+    for row, chosen, w in zip(table, formats, layer_set.weights):
         cell = next(c for c in row if c.format == chosen)
-        w = layer_set.weights[len(layers)]
         layers.append({"name": cell.layer, "format": chosen, "bits_per_weight": cell.bits_per_weight,
                        "weights": int(w.size), "weight_sqnr_db": _finite(cell.weight_sqnr_db),
                        "output_sqnr_db": _finite(cell.output_sqnr_db)})

@@ -1,9 +1,11 @@
 """Int8-activation (``a8``) kernels against the NumPy reference with the same activation quantization."""
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 
+from kernel_data import row_scaled_activations, row_scaled_weight
 from lowbit.compiler.formats import quantize
 from lowbit.compiler.intrinsics import x86_dot
 from lowbit.compiler.kernels_a8 import quantize_activations_reference, reference
@@ -19,16 +21,8 @@ EPS32 = float(np.finfo(np.float32).eps)
 HOST = host_target()
 HOST_ISA = x86_dot.isa_for(HOST.features)
 pytestmark = pytest.mark.skipif(HOST_ISA is None, reason="host has no integer dot-product instructions")
-
-
-def _weight(seed):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((N, K)) * rng.uniform(0.2, 3.0, (N, 1)) + rng.uniform(-0.5, 0.5, (N, 1))
-
-
-def _activations(M, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(np.float32)
+_weight = functools.partial(row_scaled_weight, N=N, K=K)
+_activations = functools.partial(row_scaled_activations, K=K)
 
 
 def error_bound(qw, x):

@@ -1,7 +1,10 @@
 """Table-lookup (``lut``) kernels against the NumPy reference with the same activation and table quantization."""
+import functools
+
 import numpy as np
 import pytest
 
+from kernel_data import row_scaled_activations, row_scaled_weight
 from lowbit.compiler.dispatch import Bucket
 from lowbit.compiler.formats import quantize
 from lowbit.compiler.intrinsics import x86_lut
@@ -26,14 +29,8 @@ CASES = [  # (format, g, table bits): bits 1..4, ternary, codebooks; g 2 and 4; 
 ]
 
 
-def _weight(seed):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((N, K)) * rng.uniform(0.2, 3.0, (N, 1)) + rng.uniform(-0.5, 0.5, (N, 1))
-
-
-def _activations(M, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(np.float32)
+_weight = functools.partial(row_scaled_weight, N=N, K=K)
+_activations = functools.partial(row_scaled_activations, K=K)
 
 
 def _check(lin, qw, x, params, bias=None):

@@ -29,20 +29,21 @@ def run(args):
 
     import numpy as np
 
-    from lowbit.commands.quantize import format_list
+    from lowbit.commands.quantize import split_formats
     from lowbit.compiler import quality
+    from lowbit.compiler.formats import parse_format
     from lowbit.errors import ModelError
     from lowbit.frontends.layer_sets import onnx_layer_set
     from lowbit.frontends.onnx import load_onnx
     from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
     from lowbit.frontends.onnx_quantize import float_layers
-    from lowbit.frontends.quantize import allocate_formats, candidate_formats, check_method, quantize_weight
+    from lowbit.frontends.quantize import allocate_formats, check_method, quantize_weight
 
     if not os.path.isfile(args.model):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
     check_method(args.method, args.calibration)
-    names = format_list(args.formats, budget_bits=0.0) if args.formats else list(quality.DEFAULT_CANDIDATES)
-    candidates = candidate_formats(names, budget_bits=0.0)  # several candidates are the point here
+    names = split_formats(args.formats) if args.formats else list(quality.DEFAULT_CANDIDATES)
+    candidates = [parse_format(name) for name in names]  # none at all: measure_layers says so
     for path in (args.plot, args.json):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ModelError(f"cannot write {path!r}: its folder does not exist; create it first")
@@ -58,8 +59,11 @@ def run(args):
     def quantizer(index, w, fmt):
         return quantize_weight(w, fmt, args.method, None if layer_set.hessians is None else layer_set.hessians[index])
 
-    table = quality.measure_layers(layer_set.weights, [f.name for f in candidates], layer_set.inputs(),
-                                   layer_set.names, quantizer)
+    # with a budget, the allocation's own table (every layer in every candidate) is the one to print
+    report = None if args.budget_bits is None else allocate_formats(layer_set, candidates, args.budget_bits,
+                                                                     args.method)
+    table = report.table if report is not None else quality.measure_layers(
+        layer_set.weights, [f.name for f in candidates], layer_set.inputs, layer_set.names, quantizer)
     sizes = np.array([w.size for w in layer_set.weights], np.float64)
     end_to_end = {}
     if layer_set.run is not None:
@@ -67,14 +71,11 @@ def run(args):
             dequantized = [quantizer(i, w, fmt).dequantize() for i, w in enumerate(layer_set.weights)]
             bits = float((sizes * [row[column].bits_per_weight for row in table]).sum() / sizes.sum())
             end_to_end[fmt.name] = (bits, quality.end_to_end_sqnr(layer_set.run, layer_set.weights, dequantized))
-    report = None
-    if args.budget_bits is not None:
-        report = allocate_formats(layer_set, candidates, args.budget_bits, args.method)
-        if layer_set.run is not None:
-            chosen = [quantizer(i, w, fmt).dequantize()
-                      for i, (w, fmt) in enumerate(zip(layer_set.weights, report.formats()))]
-            end_to_end[f"budget {args.budget_bits}"] = (
-                report.bits_per_weight, quality.end_to_end_sqnr(layer_set.run, layer_set.weights, chosen))
+    if report is not None and layer_set.run is not None:
+        chosen = [quantizer(i, w, parse_format(name)).dequantize()
+                  for i, (w, name) in enumerate(zip(layer_set.weights, report.formats()))]
+        end_to_end[f"budget {args.budget_bits}"] = (
+            report.bits_per_weight, quality.end_to_end_sqnr(layer_set.run, layer_set.weights, chosen))
     print(quality.format_table(table, end_to_end))
     if layer_set.run is None:
         print("(no --calibration: output and end-to-end SQNR need sample inputs)")

@@ -37,11 +37,16 @@ def add_budget_argument(parser):
                              "weight, scales and zero points included, stay within BITS")
 
 
+def split_formats(text):
+    """``"w2g64, higgs3g64"`` -> ``["w2g64", "higgs3g64"]`` (a comma-separated --format / --formats value)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def format_list(text, budget_bits=None):
     """``--format`` as the API takes it: None, one name, or (comma-separated) a list of candidates."""
     if text is None:
         return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = split_formats(text)
     return names if budget_bits is not None or len(names) != 1 else names[0]
 
 
