@@ -172,6 +172,12 @@ _PATTERNS = (
 )
 
 
+def implicit_zero(fmt):
+    """The zero point of a uniform or ternary format that stores none: 1 for ternary (codes 0, 1, 2), the
+    middle code ``2**(bits-1)`` for symmetric ``wNs`` formats."""
+    return 1 if fmt.kind == "ternary" else 2 ** (fmt.bits - 1)
+
+
 def _int_or_none(text):
     return None if text is None else int(text)
 
@@ -275,8 +281,7 @@ class QuantizedWeight:
             raise FormatError(f"{fmt.name} is a {fmt.kind} format: it has levels, not zero points")
         if self.zeros is not None:
             return self.zeros.astype(np.float32)
-        offset = 1.0 if fmt.kind == "ternary" else float(2 ** (fmt.bits - 1))
-        return np.full(self.scales.shape, offset, np.float32)
+        return np.full(self.scales.shape, implicit_zero(fmt), np.float32)
 
     def dequantize(self):
         """The float32 weight (N, K) this quantized weight stands for (computed in float64)."""

@@ -218,7 +218,8 @@ def lut_compute(layout, M, has_bias, lookup="select"):
 
     Y = te.compute((M, layout.N), output, name="Y")
     func = te.create_prim_func([X, W, S] + [a for a in (third, B) if a is not None] + [Y])
-    return func.with_attr("lowbit.lut_lookup", lookup).with_attr("lowbit.lut_vector_bytes", layout.vector_bytes)
+    return func.with_attrs({"lowbit.lut_lookup": lookup, "lowbit.lut_vector_bytes": layout.vector_bytes,
+                            "lowbit.lut_tiles": layout.n_tiles, "lowbit.lut_chunks": layout.chunks})
 
 
 # ---- NumPy reference -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from lowbit.errors import KernelError
+from lowbit.compiler.formats import implicit_zero
 
 
 class GroupWords:
@@ -281,7 +282,7 @@ class LutLayout(_RowTiles):
 def lut_unsupported(qw, params):
     """Why ``qw`` has no ``lut`` layout (a sentence), or None."""
     fmt = qw.format
-    group = fmt.group_size or qw.codes.shape[1]
+    group = fmt.group_size or qw.shape[1]
     if fmt.kind == "codebook" and fmt.bits != 4:
         return f"{fmt.name} has {fmt.bits}-bit codes; lut codebook tables are indexed by 4-bit codes"
     if fmt.kind != "codebook" and fmt.bits > 4:
@@ -289,6 +290,15 @@ def lut_unsupported(qw, params):
     if fmt.kind != "codebook" and group % params.group:
         return f"group size {group} is not a multiple of the lut table group g={params.group}"
     return None
+
+
+def lut_layout(fmt, N, K, vector_bytes, params=LutParams()):
+    """The :class:`LutLayout` of an (N, K) weight in ``fmt`` (uniform, ternary or codebook), from its format
+    alone (the tuner sizes a layer's kernels before any weight exists)."""
+    kind = "codebook" if fmt.kind == "codebook" else "uniform"
+    fixed_zero = implicit_zero(fmt) if kind == "uniform" and not fmt.has_zeros else None
+    return LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
+                     kind=kind, params=params, fixed_zero=fixed_zero)
 
 
 def relayout_lut(qw, vector_bytes, params=LutParams()):
@@ -306,10 +316,8 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
     """
     fmt = qw.format
     N, K = qw.codes.shape
-    kind = "codebook" if fmt.kind == "codebook" else "uniform"
-    fixed_zero = None if kind == "codebook" or fmt.has_zeros else int(qw.affine_zeros().flat[0])
-    layout = LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
-                       kind=kind, params=params, fixed_zero=fixed_zero)
+    layout = lut_layout(fmt, N, K, vector_bytes, params)
+    kind = layout.kind
     reason = lut_unsupported(qw, params)
     if reason is not None:
         raise KernelError(f"kernel 'lut' cannot run {fmt.name}: {reason}")

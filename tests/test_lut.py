@@ -171,3 +171,39 @@ def test_auto_picks_lut_where_it_measured_fastest(name, expected):
         pytest.skip("host lacks the instructions of the measured choice")
     assert choose_kernel(qw, HOST, "auto") == expected
     assert choose_kernel(qw, _target_without("avx512f", "avx512bw", "avx2"), "auto") != "lut"
+
+
+LUT_KNOBS = [(2, 2), (4, 8), (1, 4)]  # (tiles per parallel iteration, chunk unroll)
+
+
+@pytest.mark.parametrize("tiles,unroll", LUT_KNOBS, ids=lambda v: str(v))
+@pytest.mark.parametrize("name", ["w2g64", "w3g128", "nf4g64"])  # plane pairs, single planes, codebook codes
+def test_every_lut_knob_computes_the_reference(name, tiles, unroll):
+    import dataclasses
+
+    from lowbit.compiler.linear import build_prepared, default_plan, prepare_layer
+    from lowbit.schedules.cpu.lut import LutConfig
+
+    qw = quantize(row_scaled_weight(11, N=449, K=K), name)  # 4 row tiles of 128 (8 of 64 on AVX2)
+    _, layout, arrays = prepare_layer(qw, None, HOST, "lut")
+    rule, default = default_plan(layout, ONE_BUCKET[0])
+    config = dataclasses.replace(default, tiles=tiles, chunk_unroll=unroll)
+    assert config.fits(layout) and isinstance(config, LutConfig)
+    lin = build_prepared("lut", layout, arrays, HOST, buckets=ONE_BUCKET, tuning_log=False,
+                         overrides={ONE_BUCKET[0].key: (rule, config)})
+    assert lin.plans[ONE_BUCKET[0].key].config == config
+    for M in (1, 3):
+        _check(lin, qw, _activations(M, M + 5), LutParams())
+
+
+def test_lut_knobs_that_do_not_divide_the_layer_are_declined():
+    from lowbit.schedules.cpu.lut import LutConfig, LutLookup
+
+    with pytest.raises(ValueError, match="tiles=3"):
+        LutConfig(tiles=3)
+    qw = quantize(_weight(2), "w2g64")  # N=141: 2 row tiles of 128 (3 of 64 on AVX2)
+    layout, _ = relayout_lut(qw, x86_lut.VECTOR_BYTES.get(HOST_ISA, x86_lut.PORTABLE_BYTES))
+    config = LutConfig(lookup="shuffle" if HOST_ISA else "gather", tiles=4)
+    assert not config.fits(layout)
+    rule = LutLookup()
+    assert rule.apply(rule.template(layout, 1, False, config), HOST, config) is None

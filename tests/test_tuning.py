@@ -170,6 +170,58 @@ def test_record_fits_layers_with_the_same_kernel_code():
     assert not space.record_fits(record, _layout(N=128, K=256), M2_8)
 
 
+def _lut_layout(name="w2g64", N=14336, K=4096, vector_bytes=64, params=None):
+    from lowbit.compiler.formats import parse_format
+    from lowbit.compiler.layout import LutParams, lut_layout
+
+    return lut_layout(parse_format(name), N, K, vector_bytes, params or LutParams())
+
+
+def test_lut_space_tunes_tiles_and_chunk_unrolling_with_the_default_lookup():
+    layout = _lut_layout()  # 112 row tiles of 128, 16 chunks per table group
+    candidates = space.space(layout, M1)
+    rule, default = default_plan(layout, M1)
+    configs = [config for _, config in candidates]
+    assert default in configs and len(set(configs)) == len(configs) == 12
+    assert {c.lookup for c in configs} == {default.lookup}
+    assert all(c.fits(layout) for c in configs)
+    small = _lut_layout(N=1024)  # 8 row tiles: 2 or 4 per iteration would leave fewer than 8 parallel iterations
+    assert {c.tiles for _, c in space.space(small, M1)} == {1}
+
+
+def test_lut_records_fit_the_same_kind_of_weight_with_default_lut_params():
+    from lowbit.compiler.layout import LutParams
+
+    layout = _lut_layout(N=64, K=256)
+    workload = records.make_workload(64, 256, "w2g64", "lut", "m1")
+    record = records.make_record(workload, 1, TAG, "lut_lookup", {"lookup": "shuffle", "tiles": 1,
+                                                                  "chunk_unroll": 2}, ms=1.0)
+    assert space.record_fits(record, layout, M1)
+    assert space.record_fits(dict(record, workload=dict(workload, format="w2g64s")), layout, M1)  # same code
+    assert not space.record_fits(dict(record, workload=dict(workload, format="ternary")), layout, M1)
+    assert not space.record_fits(record, _lut_layout("nf4g64", N=64, K=256), M1)  # codebook codes
+    assert not space.record_fits(record, _lut_layout(N=64, K=256, params=LutParams(group=2)), M1)
+    rule, config = space.config_from_record(record)
+    assert rule.name == "lut_lookup" and config.chunk_unroll == 2
+
+
+def test_a_lut_workload_tunes_and_compile_follows_its_log(tmp_path):
+    log = tmp_path / "log"
+    results = tuner.tune(tuner.tasks_for([(1, 256, 512)], "w2g64"), kernel="lut", trials=3, log=log, repeat=3,
+                         llc=1 << 16, progress=False)
+    (result,) = results
+    assert result.workload["kernel"] == "lut" and result.measured >= 3 and result.failed == 0
+    qw = quantize(np.random.default_rng(0).standard_normal((256, 512)), "w2g64")
+    linear = build_linear(qw, kernel="lut", tuning_log=log)
+    plan = linear.plans["m1"]
+    assert plan.rule == "lut_lookup"
+    # a record is used only where it beat the default (by records.MIN_GAIN): then it is the log's best
+    if plan.source == "record":
+        assert dataclasses.asdict(plan.config) == result.best_config
+    else:
+        assert plan.source == "default" and plan.config == default_plan(linear.layout, M1)[1]
+
+
 def test_decode_rules_build_m_tile_1_for_a_dynamic_bucket():
     """Regression: fusing the symbolic M loop with the tile loop broke decompose_reduction for m_tile=1."""
     qw = quantize(np.random.default_rng(0).standard_normal((40, 256)), "w4g128")

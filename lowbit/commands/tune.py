@@ -22,7 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--format", metavar="NAME",
                         help="weight format of --shape (w4g128, ...); with a model: quantize its float MatMul / "
                              "Gemm weights to it, as `lowbit compile --format` does")
-    parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8"),
+    parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
                         help="kernel family to tune (default: auto, the one `lowbit compile` picks)")
     parser.add_argument("--rows", metavar="M,M,...", default=",".join(map(str, DEFAULT_ROWS)),
                         help="with a model: the M (rows of activations) to tune at, one per M bucket "

@@ -5,6 +5,10 @@ row and table group (a few KiB per row, shared by all N). Then per parallel tile
 (and per row of X): table groups -> chunks -> (table byte, bit plane) unrolled -> one tensorized lookup per
 weight vector (``vpshufb``: both nibbles of ``lanes/2`` bytes), summed in int16 registers; per table group
 the planes are combined with shifts and one float scale is applied.
+
+Tunable (:class:`LutConfig`): ``tiles`` row tiles per parallel iteration, their lookups interleaved in one
+chunk loop (independent shuffle chains and weight streams; more int16 registers), and ``chunk_unroll``, the
+unroll factor of the chunk loop.
 """
 import dataclasses
 
@@ -13,6 +17,8 @@ from lowbit.compiler.intrinsics import x86_lut
 from lowbit.compiler.tvm_api import Schedule
 
 LOOKUPS = ("shuffle", "select", "gather")
+TILES = (1, 2, 4)
+CHUNK_UNROLLS = (1, 2, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,13 +28,26 @@ class LutConfig:
     lookup : "shuffle" (the one-hot lookup tensorized with the host's byte shuffle), "select" (the same
         compute left to LLVM: the intrinsic's description, to test it against the implementation) or
         "gather" (a direct table index: the portable kernel for hosts without AVX2).
+    tiles : row tiles (of ``lanes`` rows) per iteration of the parallel loop, looked up together per chunk
+        (1, 2 or 4; must divide the layer's tiles).
+    chunk_unroll : unroll factor of the loop over a table group's chunks (1 = not unrolled; must divide the
+        chunks per table group).
     """
 
     lookup: str = "shuffle"
+    tiles: int = 1
+    chunk_unroll: int = 1
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
             raise ValueError(f"lookup={self.lookup!r}: choose one of {', '.join(LOOKUPS)}")
+        if self.tiles not in TILES or self.chunk_unroll not in CHUNK_UNROLLS:
+            raise ValueError(f"tiles={self.tiles!r}, chunk_unroll={self.chunk_unroll!r}: tiles is one of {TILES}, "
+                             f"chunk_unroll one of {CHUNK_UNROLLS}")
+
+    def fits(self, layout):
+        """Whether this config can schedule ``layout`` (its tile count and chunks divide evenly)."""
+        return layout.n_tiles % self.tiles == 0 and layout.chunks % self.chunk_unroll == 0
 
 
 PRECOMPUTE = ("AMAX", "XQ", "XSUM", "H", "TMAX", "TQ", "TS", "XO")
@@ -49,6 +68,9 @@ class LutLookup:
             return None
         if (config.lookup == "gather") != (func.attrs["lowbit.lut_lookup"] == "gather"):
             return None  # a one-hot template needs a shuffle or select config, a gather one the gather config
+        if int(func.attrs["lowbit.lut_tiles"]) % config.tiles or int(func.attrs["lowbit.lut_chunks"]) % \
+                config.chunk_unroll:
+            return None
         intrin = None
         if config.lookup == "shuffle":
             isa = x86_lut.isa_for(target.features)
@@ -60,7 +82,7 @@ class LutLookup:
         for name in PRECOMPUTE:
             if name in names:
                 self._schedule_precompute(sch, name)
-        self._schedule_lookups(sch, intrin, config.lookup == "gather")
+        self._schedule_lookups(sch, intrin, config)
         return sch
 
     @staticmethod
@@ -74,27 +96,29 @@ class LutLookup:
             sch.vectorize(loops[-1])
 
     @staticmethod
-    def _schedule_lookups(sch, intrin, gather):
+    def _schedule_lookups(sch, intrin, config):
+        gather = config.lookup == "gather"
         y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
         m, nt, *rows, t = sch.get_loops(y1)
-        sch.reorder(nt, m, t, *rows)
-        outer = nt
-        for loop in rows[:-1]:
+        outer, inner = sch.split(nt, [None, config.tiles])
+        sch.reorder(outer, m, t, inner, *rows)
+        for loop in [inner] + rows[:-1]:
             sch.unroll(loop)
         sch.vectorize(rows[-1])
         sch.parallel(outer)
         sch.compute_at(acc, t)
         # compute_at regenerates ACC's loops under t in block-iter order (spatial, then reduce), dropping
-        # unit extents; a paired layout has row loops (v, s, j) and a plane loop p, an unpaired one (s, i)
+        # unit extents: the tiles of the iteration, then (byte, b), the row loops (paired: v, s, j and a plane
+        # loop p; unpaired: s, i), the chunks c and the one-hot entries e
         paired = len(rows) == 3
         row_names = ["v", "s", "j"] if paired else ["s", "i"]
-        names = ["byte", "b"] + row_names + ["c"] + (["p"] if paired else []) + ([] if gather else ["e"])
-        extents = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]
+        names = ["tile", "byte", "b"] + row_names + ["c"] + (["p"] if paired else []) + ([] if gather else ["e"])
+        extents = [config.tiles] + [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]
         kept = [name for name, extent in zip(names, extents) if extent > 1]
         named = dict(zip(kept, sch.get_loops(acc)[-len(kept):]))
-        order = [named[k] for k in ("c", "byte", "b", "v", "s", "i", "j", "p", "e") if k in named]
+        order = [named[k] for k in ("c", "tile", "byte", "b", "v", "s", "i", "j", "p", "e") if k in named]
         sch.reorder(*order)
-        for k in ("byte", "b", "v"):
+        for k in ("tile", "byte", "b", "v"):
             if k in named:
                 sch.unroll(named[k])
         sch.set_scope(acc, 0, "local")
@@ -104,6 +128,8 @@ class LutLookup:
         init = sch.decompose_reduction(acc, order[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.decompose_reduction(y1, t)
+        if config.chunk_unroll > 1 and "c" in named:
+            sch.unroll(sch.split(named["c"], [None, config.chunk_unroll])[1])
         if intrin is not None:
             sch.tensorize(named["s"], intrin)
         else:

@@ -11,6 +11,7 @@ static loop extents); the measured kernel is the bucket's function with a symbol
 every workload of a tuning run, so what it learns on one shape ranks the next.
 """
 from lowbit.compiler.tvm_api import meta_schedule, tune_context, tvm
+from lowbit.schedules.tuning.space import kernel_of
 
 WARMUP_SAMPLES = 2  # XGBModel answers random scores until it has this many results (exploration)
 
@@ -37,11 +38,9 @@ class CostModel:
     def _context(self, layout, M):
         key = (layout, M)
         if key not in self._contexts:
-            from lowbit.compiler.kernels import dequant_tile_compute
-
             # the module only names the workload (MetaSchedule hashes it to group results): any compute of
             # this layout and M does
-            func = dequant_tile_compute(layout, M, False) if layout.decode != "a8" else _a8_compute(layout, M)
+            func = _computes()[kernel_of(layout)](layout, M, False)
             self._contexts[key] = tune_context(tvm.IRModule({"main": func}), self.target.tvm_target())
         return self._contexts[key]
 
@@ -86,7 +85,10 @@ class CostModel:
         return [buildable[i][0] for i in order] + broken
 
 
-def _a8_compute(layout, M):
+def _computes():
+    """Compute definition of each kernel family: ``(layout, M, has_bias) -> PrimFunc``."""
+    from lowbit.compiler.kernels import dequant_tile_compute
     from lowbit.compiler.kernels_a8 import a8_compute
+    from lowbit.compiler.kernels_lut import lut_compute
 
-    return a8_compute(layout, M, False)
+    return {"decode": dequant_tile_compute, "a8": a8_compute, "lut": lut_compute}

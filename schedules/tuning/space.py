@@ -12,16 +12,21 @@ small and listed exhaustively (the cost model ranks them, the tuner measures the
   slot, the rule's default), ``m_tile`` in {1, 2, 4}, at most the bucket's largest M.
 - ``decode_dequant_tile``: ``m_tile`` in {2, 4, 6, 8} (at most the bucket's largest M), ``n_vectors`` in
   {1, 2, 3}.
+- ``lut_lookup`` (:class:`~lowbit.schedules.cpu.lut.LutLookup`): ``tiles`` in {1, 2, 4} (dividing the layer's
+  row tiles, keeping at least :data:`LUT_MIN_PARALLEL` iterations of the parallel loop) x ``chunk_unroll``
+  in {1, 2, 4, 8} (dividing the chunks per table group), with the default's lookup. At most 12 candidates.
 
 A record applies to a layer when its workload has the layer's N, K, bucket and kernel family, and its format
 has the layer's kernel layout (code storage bits, group size, decode kind): the kernel code is then the
-same (``w4g128`` and ``w4g128s`` share one, as do ``nf4g64`` and ``fp4g64`` under ``decode``).
+same (``w4g128`` and ``w4g128s`` share one, as do ``nf4g64`` and ``fp4g64`` under ``decode``). A ``lut`` record
+also needs the same kind of weight (bit planes or codebook codes) and the default lut parameters (g = 4, int8
+tables), which are what the tuner measures.
 """
 import dataclasses
 import functools
 import warnings
 
-from lowbit.schedules.cpu import a8, decode
+from lowbit.schedules.cpu import a8, decode, lut
 from lowbit.schedules.tuning.records import best_record
 
 # rule name -> (rule class, config class)
@@ -29,6 +34,7 @@ RULES = {
     "decode_a8": (a8.DecodeA8, a8.A8Config),
     "decode_accumulate": (decode.DecodeAccumulate, decode.AccumulateConfig),
     "decode_dequant_tile": (decode.DecodeDequantTile, decode.DequantTileConfig),
+    "lut_lookup": (lut.LutLookup, lut.LutConfig),
 }
 A8_M_TILES = (1, 2, 4, 6, 8, 12, 16)
 A8_N_TILES = (1, 2, 4)
@@ -36,11 +42,12 @@ ACCUMULATE_PARTIALS = (1, 2, 4, 8)
 ACCUMULATE_M_TILES = (1, 2, 4)
 DEQUANT_M_TILES = (2, 4, 6, 8)
 DEQUANT_N_VECTORS = (1, 2, 3)
+LUT_MIN_PARALLEL = 8  # iterations of a lut kernel's parallel loop a tile count must leave (both cores busy)
 
 
 def kernel_of(layout):
-    """The kernel family a layout belongs to: ``a8`` or ``decode``."""
-    return "a8" if layout.decode == "a8" else "decode"
+    """The kernel family a layout belongs to: ``a8``, ``lut`` or ``decode``."""
+    return layout.decode if layout.decode in ("a8", "lut") else "decode"
 
 
 def _fits(bucket, m_tile):
@@ -51,6 +58,8 @@ def space(layout, bucket):
     """Every candidate ``(rule, config)`` for one layer layout and M bucket, in a fixed order."""
     if layout.decode == "a8":
         return _a8_space(layout, bucket)
+    if layout.decode == "lut":
+        return _lut_space(layout)
     accumulate, dequant = decode.DecodeAccumulate(), decode.DequantTileConfig
     per_word = layout.codes_per_word
     partials = [0] + [p for p in ACCUMULATE_PARTIALS if per_word % p == 0 and p != per_word]
@@ -71,6 +80,20 @@ def _a8_space(layout, bucket):
             candidates += [(rule, a8.A8Config(m_tile=m, n_tile=n, rows_outer=order, unroll_words=unroll))
                            for order in orders for unroll in unrolls]
     return candidates
+
+
+def lut_tile_counts(layout):
+    """Tile counts per parallel iteration a lut layout can take (dividing its tiles, leaving enough
+    parallel iterations), smallest first."""
+    return [t for t in lut.TILES if layout.n_tiles % t == 0 and (t == 1 or layout.n_tiles // t >= LUT_MIN_PARALLEL)]
+
+
+def _lut_space(layout):
+    from lowbit.compiler.linear import default_plan
+
+    rule, default = default_plan(layout, None)
+    return [(rule, dataclasses.replace(default, tiles=t, chunk_unroll=u))
+            for t in lut_tile_counts(layout) for u in lut.CHUNK_UNROLLS if layout.chunks % u == 0]
 
 
 def config_from_record(record):
@@ -94,6 +117,8 @@ def layout_key(format_name, kernel, K):
     fmt = parse_format(format_name)
     if kernel == "a8":
         return storage_bits(fmt.bits), fmt.group_size or K, "a8"
+    if kernel == "lut":
+        return fmt.bits, fmt.group_size or K, "lut", "codebook" if fmt.kind == "codebook" else "uniform"
     return fmt.bits, fmt.group_size or K, "codebook" if fmt.kind == "codebook" else "affine"
 
 
@@ -103,8 +128,18 @@ def record_fits(record, layout, bucket):
     if (workload["N"], workload["K"], workload["bucket"], workload["kernel"]) != \
             (layout.N, layout.K, bucket.key, kernel_of(layout)):
         return False
-    return layout_key(workload["format"], workload["kernel"], layout.K) == \
-        (layout.bits, layout.group_size, layout.decode)
+    return layout_key(workload["format"], workload["kernel"], layout.K) == _layout_signature(layout)
+
+
+def _layout_signature(layout):
+    """What :func:`layout_key` says of a format, read off a built layout (None: no record applies)."""
+    if layout.decode != "lut":
+        return layout.bits, layout.group_size, layout.decode
+    from lowbit.compiler.layout import LutParams
+
+    if layout.params != LutParams():
+        return None
+    return layout.bits, layout.group_size, "lut", layout.kind
 
 
 def tuned_plan(database, layout, bucket, default_rule, default_config):

@@ -77,7 +77,7 @@ class CandidateBuilder:
     M : int
         Rows of X the candidates are checked and timed at.
     kernel : str
-        Kernel family asked for (``auto``, ``decode``, ``a8``).
+        Kernel family asked for (``auto``, ``decode``, ``a8``, ``lut``).
     target : TargetInfo
     """
 
@@ -91,7 +91,7 @@ class CandidateBuilder:
         x = np.random.default_rng([M, qw.codes.shape[1], 1]).standard_normal((M, qw.codes.shape[1]))
         self.x = x.astype(np.float32)
         x_used = bench.kernel_activations(self.kernel, self.x, qw)
-        self.reference = x_used.astype(np.float64) @ qw.dequantize().T.astype(np.float64)
+        self.reference = bench.kernel_reference(self.kernel, x_used, qw, qw.dequantize())
         self.bound = peers.error_bound(x_used, qw)  # what fp32 arithmetic can explain (a wrong kernel errs more)
 
     def build(self, rule, config):
@@ -155,7 +155,7 @@ def tune(tasks, kernel="auto", trials=DEFAULT_TRIALS, log=None, target=None, rep
     ----------
     tasks : iterable of TuneTask
         Shapes and formats (:func:`tasks_for`); the weight is a seeded random one (tuning depends on shapes).
-    kernel : {"auto", "decode", "a8"}
+    kernel : {"auto", "decode", "a8", "lut"}
     trials : int
         Configs per workload in the log when done (those already there count: a re-run resumes).
     log : str, optional
@@ -260,8 +260,8 @@ class WorkloadJob:
     """One workload of a tuning run: its candidates, what the log has, the search loop."""
 
     def __init__(self, shape, fmt, kernel, target, database):
-        from lowbit.compiler.layout import KernelLayout
-        from lowbit.compiler.linear import choose_kernel
+        from lowbit.compiler.layout import KernelLayout, lut_layout
+        from lowbit.compiler.linear import choose_kernel, lut_vector_bytes
 
         self.M, self.N, self.K = shape
         self.target, self.database, self.fmt = target, database, fmt
@@ -271,9 +271,12 @@ class WorkloadJob:
         group = fmt.group_size or self.K
         if self.K % group:
             raise InputError(f"K={self.K} is not a multiple of {fmt.name}'s group size {group}: pick K or the format")
-        bits, _, decode = tuning_space.layout_key(fmt.name, self.kernel, self.K)
-        self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
-                                   decode=decode)
+        if self.kernel == "lut":
+            self.layout = lut_layout(fmt, self.N, self.K, lut_vector_bytes(target))
+        else:
+            bits, _, decode = tuning_space.layout_key(fmt.name, self.kernel, self.K)
+            self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
+                                       decode=decode)
         self.workload = tuning_records.make_workload(self.N, self.K, fmt.name, self.kernel, self.bucket.key)
         self.candidates = self._ordered_space()
 
@@ -396,8 +399,12 @@ def _key(rule, config):
 
 @dataclasses.dataclass(frozen=True)
 class _ShapeOnly:
-    """What the kernel choice reads of a QuantizedWeight (its format), before any weight exists."""
+    """What the kernel choice reads of a QuantizedWeight (its format and shape), before any weight exists."""
 
     format: object
     N: int
     K: int
+
+    @property
+    def shape(self):
+        return self.N, self.K
