@@ -19,6 +19,13 @@ from lowbit.compiler.tvm_api import Schedule
 LOOKUPS = ("shuffle", "select", "gather")
 TILES = (1, 2, 4)
 CHUNK_UNROLLS = (1, 2, 4, 8)
+MIN_PARALLEL = 8  # iterations of the parallel loop a tile count must leave (cores busy, load balanced)
+
+
+def tile_counts(layout):
+    """Tile counts per parallel iteration a layout can take: dividing its row tiles and leaving at least
+    :data:`MIN_PARALLEL` parallel iterations (1 always), smallest first."""
+    return [t for t in TILES if layout.n_tiles % t == 0 and (t == 1 or layout.n_tiles // t >= MIN_PARALLEL)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ small and listed exhaustively (the cost model ranks them, the tuner measures the
 - ``decode_dequant_tile``: ``m_tile`` in {2, 4, 6, 8} (at most the bucket's largest M), ``n_vectors`` in
   {1, 2, 3}.
 - ``lut_lookup`` (:class:`~lowbit.schedules.cpu.lut.LutLookup`): ``tiles`` in {1, 2, 4} (dividing the layer's
-  row tiles, keeping at least :data:`LUT_MIN_PARALLEL` iterations of the parallel loop) x ``chunk_unroll``
+  row tiles, keeping at least ``lut.MIN_PARALLEL`` iterations of the parallel loop) x ``chunk_unroll``
   in {1, 2, 4, 8} (dividing the chunks per table group), with the default's lookup. At most 12 candidates.
 
 A record applies to a layer when its workload has the layer's N, K, bucket and kernel family, and its format
@@ -42,7 +42,6 @@ ACCUMULATE_PARTIALS = (1, 2, 4, 8)
 ACCUMULATE_M_TILES = (1, 2, 4)
 DEQUANT_M_TILES = (2, 4, 6, 8)
 DEQUANT_N_VECTORS = (1, 2, 3)
-LUT_MIN_PARALLEL = 8  # iterations of a lut kernel's parallel loop a tile count must leave (both cores busy)
 
 
 def kernel_of(layout):
@@ -82,18 +81,12 @@ def _a8_space(layout, bucket):
     return candidates
 
 
-def lut_tile_counts(layout):
-    """Tile counts per parallel iteration a lut layout can take (dividing its tiles, leaving enough
-    parallel iterations), smallest first."""
-    return [t for t in lut.TILES if layout.n_tiles % t == 0 and (t == 1 or layout.n_tiles // t >= LUT_MIN_PARALLEL)]
-
-
 def _lut_space(layout):
     from lowbit.compiler.linear import default_plan
 
     rule, default = default_plan(layout, None)
     return [(rule, dataclasses.replace(default, tiles=t, chunk_unroll=u))
-            for t in lut_tile_counts(layout) for u in lut.CHUNK_UNROLLS if layout.chunks % u == 0]
+            for t in lut.tile_counts(layout) for u in lut.CHUNK_UNROLLS if layout.chunks % u == 0]
 
 
 def config_from_record(record):
