@@ -5,6 +5,7 @@ config per M bucket (the best tuning record that beats the default, else the def
 TensorIR, wrap them behind an M dispatcher, compile.
 """
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -327,8 +328,13 @@ class CompiledLinear:
                               "(lowbit.compile(...).save(path), then lowbit.runtime.load(path))")
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = tensor(np.empty((x.shape[0], self.layout.N), np.float32))
-        self.func(tensor(x), *[tensor(a) for a in self.weight_arrays()], y)
+        self.func(tensor(x), *self._weight_tensors, y)
         return y.numpy()
+
+    @functools.cached_property
+    def _weight_tensors(self):
+        """The weight arrays as TVM tensors, copied once (not on every call of :meth:`run`)."""
+        return [tensor(a) for a in self.weight_arrays()]
 
 
 def build_linear(qw, bias=None, target=None, kernel="auto", buckets=dispatch.DEFAULT_BUCKETS, tuning_log=None,
