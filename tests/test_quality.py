@@ -88,3 +88,16 @@ def test_plot_is_a_png(mlp, tmp_path):
     quality.plot_error_vs_bits(table, str(path), {"w4g64": (4.31, 25.0)})
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+
+
+def test_cli_help_spells_out_the_default_candidates():
+    """The help texts repeat DEFAULT_CANDIDATES (importing it would pull the compiler into `lowbit measure`)."""
+    from lowbit import cli
+
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    listed = ",".join(quality.DEFAULT_CANDIDATES)
+    for command, option in (("quality", "--formats"), ("compile", "--budget-bits")):
+        action = next(a for a in subcommands[command]._actions if option in a.option_strings)
+        assert listed in action.help, (command, action.help)
+
