@@ -10,13 +10,20 @@ Group scales (and zero points) come from the format's own round-to-nearest rule
 (:func:`lowbit.compiler.formats.quantize`) applied to the group's columns *as updated* when the group's first
 column is reached, so the result is an ordinary :class:`QuantizedWeight` of that format: the kernels cannot
 tell it from RTN. Columns keep their order (no act-order: it would need a K permutation in the format).
+
+HIGGS formats (1-D grid) are quantized in the rotated space, where they are a codebook: with ``T`` the
+block-diagonal group rotation, ``x W^T = (x T^T)(W T^T)^T``, so GPTQ runs on ``W T^T`` with the rotated
+inputs' Hessian ``T H T^T``, each group's scale from HIGGS's own rounding-scale search on its updated columns
+(:func:`lowbit.compiler.higgs.fit_rotated_groups`). The 2-D grid codes pairs of columns, which column-by-column
+feedback cannot round: it is an error.
 """
 import dataclasses
 
 import numpy as np
 
-from lowbit.compiler.formats import QuantizedWeight, encode, parse_format, quantize
-from lowbit.errors import WeightError
+from lowbit.compiler import higgs
+from lowbit.compiler.formats import CodebookFormat, QuantizedWeight, encode, parse_format, quantize
+from lowbit.errors import FormatError, WeightError
 
 DEFAULT_DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
 
@@ -55,6 +62,13 @@ def _group_params(block, fmt):
     return per_group.scales[:, 0], zeros
 
 
+def _higgs_group_params(higgs_format):
+    """The group rule of a HIGGS format's rotated codebook: the (unbiased) scale of the searched rounding."""
+    def group_params(block, _fmt):
+        return higgs.fit_rotated_groups(block.astype(np.float64)[:, None, :], higgs_format)[2][:, 0], None
+    return group_params
+
+
 def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
     """GPTQ-quantize ``weight`` (N, K) to ``fmt`` given the calibration Hessian ``H`` = X^T X (K, K).
 
@@ -68,7 +82,21 @@ def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
     if fmt.group_size and K % fmt.group_size:
         raise WeightError(f"{fmt.name}: group size {fmt.group_size} does not divide K={K}: pick a group size "
                           "that divides K")
-    H = np.array(H, np.float64)
+    if fmt.kind != "higgs":
+        return QuantizedWeight(fmt, *_gptq_columns(W, np.array(H, np.float64), fmt, damp, _group_params))
+    if fmt.dim != 1:
+        raise FormatError(f"{fmt.name}: GPTQ rounds one column at a time and the 2-D grid codes pairs of columns: "
+                          f"use method='rtn' for it, or the 1-D grid higgs{fmt.bits}g{fmt.group_size} with GPTQ")
+    rotated_H = higgs.hadamard_rotate(higgs.hadamard_rotate(H, fmt.group_size).T, fmt.group_size)
+    codebook = CodebookFormat(fmt.bits, fmt.group_size, fmt.levels, "cb")
+    codes, scales, _ = _gptq_columns(higgs.hadamard_rotate(W, fmt.group_size), rotated_H, codebook, damp,
+                                     _higgs_group_params(fmt))
+    return QuantizedWeight(fmt, codes, scales)
+
+
+def _gptq_columns(W, H, fmt, damp, group_params):
+    """(codes, scales, zeros) of GPTQ on float64 ``W`` (changed in place) with Hessian ``H`` (float64 copy)."""
+    N, K = W.shape
     dead = np.diag(H) == 0  # inputs never seen: any weight there is free, set it to 0 (as GPTQ does)
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -82,14 +110,14 @@ def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
         stop = min(start + block, K)
         if start % group == 0:
             index = start // group
-            scales[:, index], group_zeros = _group_params(W[:, start:start + group].astype(np.float32), fmt)
+            scales[:, index], group_zeros = group_params(W[:, start:start + group].astype(np.float32), fmt)
             if zeros is not None:
                 zeros[:, index] = group_zeros
         index = start // group
         errors = _quantize_block(W, Hinv, start, stop, fmt, codes, scales[:, index],
                                  None if zeros is None else zeros[:, index])
         W[:, stop:] -= errors @ Hinv[start:stop, stop:]
-    return QuantizedWeight(fmt, codes, scales, zeros)
+    return codes, scales, zeros
 
 
 def _quantize_block(W, Hinv, start, stop, fmt, codes, scale, zero):
@@ -97,10 +125,11 @@ def _quantize_block(W, Hinv, start, stop, fmt, codes, scale, zero):
     block = W[:, start:stop]
     errors = np.zeros_like(block)
     zero_column = None if zero is None else zero[:, None]
+    rounding = np.where(scale > 0, scale, 1.0)[:, None]  # HIGGS gives an all-zero group scale 0: codes are moot
     levels = None if fmt.kind != "codebook" else np.asarray(fmt.levels, np.float64)
     for i in range(stop - start):
         column = block[:, i]
-        q = encode(column[:, None, None], fmt, scale[:, None], zero_column)[:, 0, 0]
+        q = encode(column[:, None, None], fmt, rounding, zero_column)[:, 0, 0]
         codes[:, start + i] = q
         dequantized = _dequantize_column(q, fmt, scale, zero, levels)
         err = (column - dequantized) / Hinv[start + i, start + i]

@@ -159,7 +159,7 @@ def _halton(index, base):
     return result
 
 
-def _nearest_points(values, points, chunk=1 << 14):
+def _nearest_points(values, points, chunk=1 << 12):
     """Index of the nearest grid point for each row of ``values`` (squared distance, chunked)."""
     out = np.empty(len(values), np.int64)
     norms = (points.astype(np.float64) ** 2).sum(axis=1)
@@ -219,7 +219,7 @@ def quantize_higgs(w, fmt):
     relative error (``<v, e> = |e|^2 > 0`` for a Lloyd-Max grid): a 2-bit layer's outputs then all shrink by
     ~10% together, an error that does not average out across layers. Measured on a trained MLP language
     model: the unbiased scale loses 0.5 dB of weight SQNR but gains 9 dB end to end at 2 bits (20.1 vs
-    10.2 dB) and 7 dB at 3 bits. Two rounds: round at the group's RMS, refit, round again, refit.
+    10.2 dB) and 7 dB at 3 bits. The rounding scale is searched per group (:func:`fit_rotated_groups`).
     ``codes`` are uint8 (N, K / dim): one per weight (1-D grid) or per pair of adjacent weights (2-D).
     """
     N, K = w.shape
@@ -228,37 +228,92 @@ def quantize_higgs(w, fmt):
     return codes.reshape(N, K // fmt.dim).astype(np.uint8), scales
 
 
-def fit_rotated_groups(rotated, fmt, rounds=2):
+# Rounding scales tried per group, as multiples of the group's RMS: 0.7, 0.8, ..., 1.3. Measured on Gaussian and
+# Student-t(3) weights, these 7 get 90-100% of the gain of a 0.05 step over 0.5..1.5.
+SCALE_MULTIPLES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+# The 2-D grid's nearest-point search costs ~30x the 1-D one: three starts there, 60-80% of the gain.
+SCALE_MULTIPLES_2D = (0.85, 1.0, 1.15)
+CHUNK_VALUES = 1 << 18  # rotated values fitted at a time (2 MiB of float64: the temporaries stay in cache)
+
+
+def fit_rotated_groups(rotated, fmt, multiples=None, rounds=2):
     """(codes, rounding scales, stored float32 scales) of rotated groups (N, groups, G); see quantize_higgs.
 
-    The codes are the nearest grid points of ``rotated / rounding_scale``; the stored scales are unbiased for
-    those codes.
+    From each starting scale ``m * rms`` (``rms`` the group's root mean square, ``m`` in ``multiples``, by
+    default SCALE_MULTIPLES, or SCALE_MULTIPLES_2D for a 2-D grid):
+    ``rounds`` times, round to the nearest grid points at the current scale and refit the unbiased scale for
+    those codes; each group keeps the start whose reconstruction has the least squared error (``m = 1`` alone
+    is plain rounding at the RMS). A finite group of 64 rotated weights is only roughly Gaussian and its own
+    best scale departs from the RMS by up to +-30%: the search lowers the weight error by 0.15-0.3 dB at 2 bits,
+    0.35-0.5 at 3 and 0.9-1 at 4 (Gaussian and Student-t weights; ``tests/test_higgs.py``). The codes are the
+    nearest grid points at the returned rounding scale. An all-zero group gets scale 0 (it decodes to 0).
     """
-    points = fmt.points.astype(np.float64)
-    norm2 = (rotated ** 2).sum(axis=2)
-    scales = np.sqrt(norm2 / rotated.shape[2])
-    scales = np.where(scales > 0, scales, 1.0)
-    for _ in range(rounds):
-        rounding = scales
-        codes = _round_to_grid(rotated / rounding[..., None], points, fmt.dim)
-        projection = (rotated * points[codes].reshape(rotated.shape)).sum(axis=2)
-        # all-zero groups (and the measure-zero case of a zero projection) keep the rounding scale
-        scales = np.where(projection > 0, norm2 / np.where(projection > 0, projection, 1.0), rounding)
+    rotated = np.asarray(rotated, np.float64)
+    if multiples is None:
+        multiples = SCALE_MULTIPLES if fmt.dim == 1 else SCALE_MULTIPLES_2D
+    rows = max(1, CHUNK_VALUES // max(1, rotated.shape[1] * rotated.shape[2]))
+    parts = [_fit_chunk(rotated[start:start + rows], fmt, multiples, rounds)
+             for start in range(0, rotated.shape[0], rows)]
+    codes, rounding, scales = (np.concatenate(part) for part in zip(*parts))
     return codes, rounding, scales.astype(np.float32)
+
+
+def _fit_chunk(rotated, fmt, multiples, rounds):
+    """fit_rotated_groups on a few rows (float64 scales)."""
+    points = fmt.points.astype(np.float64)
+    norm2 = np.einsum("ngk,ngk->ng", rotated, rotated)
+    rms = np.sqrt(norm2 / rotated.shape[2])
+    rms = np.where(rms > 0, rms, 1.0)
+    best_error, best = np.full(norm2.shape, np.inf), None
+    for multiple in multiples:
+        scales = multiple * rms
+        for _ in range(rounds):
+            rounding = np.where(scales > 0, scales, rms)
+            codes = _round_to_grid(rotated / rounding[..., None], points, fmt.dim)
+            decoded = points[codes].reshape(rotated.shape)
+            projection = np.einsum("ngk,ngk->ng", rotated, decoded)
+            # all-zero groups (and the measure-zero case of a zero projection) get scale 0
+            scales = np.where(projection > 0, norm2 / np.where(projection > 0, projection, 1.0), 0.0)
+        error = norm2 - 2 * scales * projection + scales ** 2 * np.einsum("ngk,ngk->ng", decoded, decoded)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        found = (codes, rounding, scales)
+        best = found if best is None else tuple(np.where(better[..., None] if new.ndim == 3 else better, new, old)
+                                                for new, old in zip(found, best))
+    return best
 
 
 def _round_to_grid(normalized, points, dim):
     """Nearest grid point per ``dim`` consecutive values: int codes with shape (..., G / dim)."""
     shape = normalized.shape
-    vectors = normalized.reshape(-1, dim)
     if dim == 1:
-        levels = points[:, 0]
-        right = np.clip(np.searchsorted(levels, vectors[:, 0]), 1, len(levels) - 1)  # levels ascend
-        pick_left = (vectors[:, 0] - levels[right - 1]) <= (levels[right] - vectors[:, 0])
-        codes = np.where(pick_left, right - 1, right)
-    else:
-        codes = _nearest_points(vectors, points)
+        return _nearest_levels(normalized, tuple(points[:, 0]))
+    codes = _nearest_points(normalized.reshape(-1, dim), points)
     return codes.reshape(*shape[:-1], shape[-1] // dim)
+
+
+def _nearest_levels(values, levels):
+    """Index of the nearest of the ascending ``levels`` for each value (ties go down): exactly
+    ``searchsorted(cell edges, values)``, in a third of its time. The values' bin on a fine uniform grid
+    (at most one cell edge per bin) gives the count of edges in the bins below; one comparison settles the
+    edge in the value's own bin. Bins are computed the same way for values and edges, and that map is
+    monotone, so an edge in a lower bin is below the value and one in a higher bin above it."""
+    offset, inverse_step, below, own_edge = _level_bins(levels)
+    bins = np.clip((values - offset) * inverse_step, 0, len(below) - 1).astype(np.intp)
+    return below[bins] + (values > own_edge[bins])
+
+
+@functools.lru_cache(maxsize=None)
+def _level_bins(levels):
+    edges = (np.asarray(levels[1:]) + np.asarray(levels[:-1])) / 2
+    offset = float(edges[0]) - 1.0
+    inverse_step = 2.0 / float(np.diff(edges).min())  # bins half as wide as the closest edges: one edge per bin
+    count = int((float(edges[-1]) + 1.0 - offset) * inverse_step) + 1
+    edge_bins = np.clip((edges - offset) * inverse_step, 0, count - 1).astype(np.intp)
+    below = np.searchsorted(edge_bins, np.arange(count))  # edges in lower bins
+    own_edge = np.full(count, np.inf)
+    own_edge[edge_bins] = edges
+    return offset, inverse_step, below, own_edge
 
 
 def dequantize_rotated(codes, scales, fmt):

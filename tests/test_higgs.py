@@ -29,6 +29,17 @@ def test_lloyd_max_grid_reaches_the_known_gaussian_distortion(bits, mse):
     assert _gaussian_mse(levels) == pytest.approx(mse, rel=2e-3)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_nearest_level_lookup_is_the_binary_search_exactly(bits):
+    """The binned lookup against ``searchsorted`` over the cell edges, on values at and next to every edge
+    (ties go to the lower level) and far outside the grid."""
+    levels = higgs.lloyd_max_gaussian(bits)
+    edges = (np.asarray(levels[1:]) + np.asarray(levels[:-1])) / 2
+    values = np.concatenate([np.random.default_rng(bits).standard_normal(20000) * 2, edges,
+                             np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), [-1e9, 0.0, 1e9]])
+    np.testing.assert_array_equal(higgs._nearest_levels(values, levels), np.searchsorted(edges, values))
+
+
 def test_shipped_2d_grid_is_what_the_generator_computes():
     np.testing.assert_array_equal(higgs.gaussian_grid_2d(2), higgs.compute_gaussian_grid_2d(2))
     for bits in higgs.HIGGS_BITS:
@@ -88,6 +99,32 @@ def test_codes_are_nearest_grid_points_and_the_scale_is_unbiased(name):
     # unbiased: the reconstruction's projection on each rotated group is the group's squared norm
     decoded = higgs.dequantize_rotated(qw.codes, qw.scales, fmt).reshape(rotated.shape)
     np.testing.assert_allclose((decoded * rotated).sum(axis=2), (rotated ** 2).sum(axis=2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits, gain_db", [(2, 0.2), (3, 0.35), (4, 0.7)])
+def test_rounding_scale_search_lowers_the_error_of_every_group(bits, gain_db):
+    """The per-group search over rounding scales against rounding at the group's RMS alone (the search's
+    ``m = 1``). Measured gains on these weights: 0.32, 0.49, 0.96 dB at 2, 3, 4 bits."""
+    fmt = parse_format(f"higgs{bits}g64")
+    rotated = higgs.hadamard_rotate(_heavy_tailed(128, 1024, seed=20 + bits), 64).reshape(128, 16, 64)
+    errors = []
+    for multiples in ((1.0,), higgs.SCALE_MULTIPLES):
+        codes, _, scales = higgs.fit_rotated_groups(rotated, fmt, multiples)
+        decoded = higgs.dequantize_rotated(codes.reshape(128, -1), scales, fmt).reshape(rotated.shape)
+        errors.append(((rotated - decoded) ** 2).sum(axis=2))
+    assert 1.0 in higgs.SCALE_MULTIPLES and (errors[1] <= errors[0] * (1 + 1e-6)).all()
+    assert 10 * np.log10(errors[0].sum() / errors[1].sum()) > gain_db
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_zero_group_decodes_to_zero(name):
+    """Regression: an all-zero group (pruned weights, GPTQ's never-seen inputs) decoded to grid values of up
+    to 3.6 (scale 1 times the grid points nearest 0); its scale is now 0."""
+    w = _heavy_tailed(3, 256, seed=8)
+    w[1, 128:] = 0.0  # whole groups of 64 or 128
+    decoded = quantize(w, name).dequantize()
+    np.testing.assert_array_equal(decoded[1, 128:], 0.0)
+    assert np.abs(decoded[1, :128]).max() > 0
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

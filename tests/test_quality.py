@@ -52,6 +52,21 @@ def test_choose_formats_keeps_the_budget_and_beats_uniform_formats_of_that_size(
     assert chosen >= uniform  # w3g64 (3.30 bits) is one of the choices the DP had
 
 
+def test_default_candidates_let_a_sensitive_layer_go_above_4_bits():
+    """A small layer whose errors weigh 10^4 times more (as a transformer's lm_head or first qkv, measured 8-550x)
+    gets 5-8 bits while the big one goes down to 2; before the 5-8-bit defaults it could get at most 4.31."""
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal((64, 128)), rng.standard_normal((512, 128))]
+    x = rng.standard_normal((96, 128))
+
+    def run(ws):
+        return np.concatenate([100 * x @ np.asarray(ws[0]).T, x @ np.asarray(ws[1]).T], axis=1)
+
+    formats, alloc, _ = quality.choose_formats(weights, quality.DEFAULT_CANDIDATES, 3.25, [x, x], run)
+    assert alloc.bits_per_weight <= 3.25
+    assert formats[0] in ("w5g64", "w6g64", "w8g64") and formats[1].startswith(("w2", "higgs2")), formats
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda x: x[:0], "non-empty"), (lambda x: x[:, :10], "10 features")])
 def test_bad_calibration_inputs_are_errors(mlp, make, message):
@@ -73,3 +88,16 @@ def test_plot_is_a_png(mlp, tmp_path):
     quality.plot_error_vs_bits(table, str(path), {"w4g64": (4.31, 25.0)})
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+
+
+def test_cli_help_spells_out_the_default_candidates():
+    """The help texts repeat DEFAULT_CANDIDATES (importing it would pull the compiler into `lowbit measure`)."""
+    from lowbit import cli
+
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    listed = ",".join(quality.DEFAULT_CANDIDATES)
+    for command, option in (("quality", "--formats"), ("compile", "--budget-bits")):
+        action = next(a for a in subcommands[command]._actions if option in a.option_strings)
+        assert listed in action.help, (command, action.help)
+

@@ -11,9 +11,12 @@ HELP = "per-layer and end-to-end quantization error (SQNR) of a float ONNX model
 
 
 def add_arguments(parser):
+    # the defaults are lowbit.compiler.quality.DEFAULT_CANDIDATES, spelled out: every command's arguments are
+    # registered in every process, `lowbit measure`'s runtime-only one too, which must not import the compiler
     parser.add_argument("model", metavar="FLOAT.onnx", help="the float ONNX model")
     parser.add_argument("--formats", metavar="NAME[,NAME...]",
-                        help="candidate formats (default: w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64)")
+                        help="candidate formats (default: w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64,"
+                             "w5g64,w6g64,w8g64)")
     parser.add_argument("--calibration", metavar="DATA.npz",
                         help="sample model inputs (an .npz keyed by input name): output and end-to-end SQNR")
     parser.add_argument("--budget-bits", type=float, metavar="BITS",

@@ -31,10 +31,10 @@ def add_method_arguments(parser):
 
 def add_budget_argument(parser):
     """--budget-bits (shared with ``lowbit compile``)."""
-    parser.add_argument("--budget-bits", type=float, metavar="BITS",
+    parser.add_argument("--budget-bits", type=float, metavar="BITS",  # defaults spelled out: see commands/quality
                         help="choose each layer's format among the --format candidates (default for compile: "
-                             "w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64) so the average bits per "
-                             "weight, scales and zero points included, stay within BITS")
+                             "w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64,w5g64,w6g64,w8g64) so the "
+                             "average bits per weight, scales and zero points included, stay within BITS")
 
 
 def split_formats(text):
