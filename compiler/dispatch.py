@@ -97,11 +97,14 @@ def is_buffer(param):
 def shape_vars(func):
     """The symbolic sizes in ``func``'s buffer shapes that are not params themselves, in order of first use:
     what its subroutine form (:func:`as_subroutine`) takes after the pointers."""
-    found = [param for param in func.params if not is_buffer(param)]
+    scalar_params = [param for param in func.params if not is_buffer(param)]
+    found = []
     for param in filter(is_buffer, func.params):
         for dim in param.shape:
-            found += [var for var in tirx.analysis.undefined_vars(dim) if not any(var.same_as(f) for f in found)]
-    return found[sum(1 for param in func.params if not is_buffer(param)):]
+            for var in tirx.analysis.undefined_vars(dim):
+                if not any(var.same_as(known) for known in scalar_params + found):
+                    found.append(var)
+    return found
 
 
 def branch_dispatcher(name, params, scalars, condition, taken, otherwise):

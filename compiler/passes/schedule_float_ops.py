@@ -27,9 +27,9 @@ from lowbit.schedules.cpu import float_ops
 FLOAT_OP_ATTR = "lowbit.float_op"
 
 
-def is_lowbit_kernel(func):
-    """Whether ``func`` is already scheduled: one of lowbit's kernels, their dispatchers, or a float operator
-    this pass scheduled."""
+def is_scheduled(func):
+    """Whether ``func`` needs no schedule from here: one of lowbit's kernels, their dispatchers and bucket
+    subroutines, or a float operator this pass scheduled."""
     attrs = func.attrs if func.attrs is not None else {}
     return SUBROUTINE_ATTR in attrs or bool(attrs.get("tirx.is_scheduled", False))
 
@@ -37,7 +37,7 @@ def is_lowbit_kernel(func):
 def is_float_op(func):
     """Whether ``func`` is one of the model's float operators (scheduled by this pass or not)."""
     attrs = func.attrs if func.attrs is not None else {}
-    return FLOAT_OP_ATTR in attrs or not is_lowbit_kernel(func)
+    return FLOAT_OP_ATTR in attrs or not is_scheduled(func)
 
 
 @tvm.transform.module_pass(opt_level=0, name="lowbit.ScheduleFloatOps")
@@ -61,7 +61,7 @@ class ScheduleFloatOps:
     def transform_module(self, mod, _ctx):  # noqa: D102 (module_pass hook)
         updates = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or is_lowbit_kernel(func):
+            if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
             if not isinstance(func.body, s_tir.stmt.SBlockRealize) or relax.analysis.has_reshape_pattern(func):
                 continue  # a reshape: RewriteDataflowReshape makes it a view of its input, no copy at all
