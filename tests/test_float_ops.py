@@ -14,13 +14,14 @@ import pytest
 
 from lowbit.compiler.passes.schedule_float_ops import FLOAT_OP_ATTR, ScheduleFloatOps
 from lowbit.compiler.pipeline import schedule_float_ops
-from lowbit.compiler.target import host_target
+from lowbit.compiler.target import host_target, resolve_target
 from lowbit.compiler.tvm_api import Analyzer, compile_module, relax, relax_pipeline, tir_pipeline, tirx, tvm
 from lowbit.schedules.cpu import float_ops
 
 EPS32 = float(np.finfo(np.float32).eps)
 ROWS = [1, 3, 17, 64]
 HEADS, HEAD_DIM = 2, 40
+AVX2 = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu", "mcpu": "znver2", "num-cores": 2, "features": ["avx2", "fma"]}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,10 @@ def _rules_used(mod):
             if isinstance(func, tirx.PrimFunc) and func.attrs is not None and FLOAT_OP_ATTR in func.attrs}
 
 
-def test_attention_is_scheduled_parallel_and_matches_numpy(target):
+@pytest.mark.parametrize("isa", ["host", "avx2"])
+def test_attention_is_scheduled_parallel_and_matches_numpy(isa):
+    # AVX2: 8-lane vectors and 4-row tiles (code that also runs on an AVX-512 host)
+    target = host_target() if isa == "host" else resolve_target(AVX2)
     scheduled, vm = _compiled(_attention(), target)
     used = _rules_used(scheduled)
     assert sorted(set(used.values())) == ["float_matmul", "row_reduction"]
@@ -111,6 +115,7 @@ def test_attention_is_scheduled_parallel_and_matches_numpy(target):
         assert {f"{name}_parallel", f"{name}_serial"} <= names
         assert "T.parallel" in scheduled[f"{name}_parallel"].script()
         assert "T.parallel" not in scheduled[f"{name}_serial"].script()
+    assert f"T.vectorized(T.int64({target.vector_lanes}))" in scheduled["matmul1_parallel"].script()
     rng = np.random.default_rng(0)
     for batch, seq in [(1, rows) for rows in ROWS] + [(2, 17), (1, 128)]:  # 128: every function parallel
         q, k_t, v = (rng.standard_normal(shape).astype(np.float32) for shape in

@@ -270,6 +270,12 @@ class MatmulConfig:
     rows: int = 4
     vectors: int = 2
 
+    @classmethod
+    def for_target(cls, target):
+        """8 x 2 accumulators where AVX-512 gives 32 vector registers (measured 10-25% faster than 4 x 2 on
+        attention's matmuls, head_dim 64 and 512), 4 x 2 with AVX2's 16."""
+        return cls(rows=8) if target.simd == "avx512" else cls()
+
 
 def _region_vars(region):
     found = set()
@@ -323,7 +329,8 @@ class FloatMatmul:
 
     name = "float_matmul"
 
-    def apply(self, func, target, parallel=True, config=MatmulConfig()):
+    def apply(self, func, target, parallel=True, config=None):
+        config = config or MatmulConfig.for_target(target)
         sch = Schedule(func)
         reductions = [block for block in _root_blocks(sch) if not _is_spatial(sch, block)]
         if len(reductions) != 1:
@@ -341,24 +348,33 @@ class FloatMatmul:
         cols = cols or config.vectors * lanes
         padding = [1] * len(kinds)
         padding[i_axis], padding[j_axis] = rows, cols
-        b_pad = self._pad(sch, main, padding) if pad_j or extents[i_axis] is None or extents[i_axis] % rows else None
-        inline_elementwise(sch, keep=[main] + ([b_pad] if b_pad is not None else []))
-        self._tile_main(sch, main, kinds, (i_axis, j_axis), (rows, cols, lanes), pad_j, parallel)
+        pad_i = extents[i_axis] is None or extents[i_axis] % rows
+        a_pad, b_pad = self._pad(sch, main, padding) if pad_i or pad_j else (None, None)
+        inline_elementwise(sch, keep=[block for block in (main, a_pad, b_pad) if block is not None])
+        tile = self._tile_main(sch, main, kinds, (i_axis, j_axis), (rows, cols, lanes), pad_j, parallel)
+        if a_pad is not None:
+            # A's rows of one tile, bounds-checked once into a stack buffer (the K loop then reads it unchecked)
+            sch.compute_at(a_pad, tile)
+            sch.set_scope(a_pad, 0, "local")
+            vectorize_inner(sch, sch.get_loops(a_pad)[-1], lanes)
         if b_pad is not None:
-            schedule_injective(sch, b_pad, lanes, parallel)
+            schedule_injective(sch, b_pad, lanes, parallel)  # B's rows: a bounds check per element (LLVM vectorizes)
         return sch
 
     @staticmethod
     def _pad(sch, main, padding):
-        """pad_einsum to whole tiles; returns the block copying B into its padded buffer (None: B not padded)."""
+        """pad_einsum to whole tiles; returns the blocks copying A and B into their padded buffers (None: not
+        padded)."""
         before = {sch.get(block).name_hint for block in _root_blocks(sch)}
         sch.pad_einsum(main, padding)
-        b_name = sch.get(main).reads[1].source.name
-        added = [block for block in _root_blocks(sch) if sch.get(block).name_hint not in before]
-        return next((block for block in added if sch.get(block).writes[0].source.name == b_name), None)
+        a_name, b_name = (read.source.name for read in sch.get(main).reads)
+        added = {sch.get(block).writes[0].source.name: block for block in _root_blocks(sch)
+                 if sch.get(block).name_hint not in before}
+        return added.get(a_name), added.get(b_name)
 
     @staticmethod
     def _tile_main(sch, main, kinds, axes, tile, pad_j, parallel):
+        """Register-tile ``main``; returns the (parallel) loop over tiles."""
         (i_axis, j_axis), (rows, cols, lanes) = axes, tile
         loops = sch.get_loops(main)
         outer = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
@@ -381,10 +397,11 @@ class FloatMatmul:
         if pad_j:
             # the last column tile's write-back checks bounds per lane: peel it off, the others stay vectors
             sch.annotate(tile_j, _PARTITION_HINT, 1)
-            parallel_outer(sch, outer + [tile_i], parallel)
+            tile = parallel_outer(sch, outer + [tile_i], parallel)
         else:
-            parallel_outer(sch, outer + [tile_i, tile_j], parallel)
+            tile = parallel_outer(sch, outer + [tile_i, tile_j], parallel)
         sch.decompose_reduction(main, reduce[0])
+        return tile
 
 
 class Fallback:
