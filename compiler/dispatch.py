@@ -8,7 +8,7 @@ TVM 0.27 lowers calls between PrimFuncs of one IRModule (a ``tirx.Call`` whose o
 import dataclasses
 
 from lowbit.compiler.passes.attach_subroutine_device import SUBROUTINE_ATTR
-from lowbit.compiler.tvm_api import BufferType, s_tir, tirx, tvm
+from lowbit.compiler.tvm_api import tirx, tvm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +36,14 @@ def as_subroutine(func, m_var):
     """Turn a scheduled PrimFunc with buffer params into a private one taking data pointers (and M).
 
     TVM 0.27 lowers buffer-typed params only for public functions (MakePackedAPI), so a subroutine takes
-    raw pointers and re-declares the very same buffers on them. ``m_var``: the symbolic size its buffer shapes
-    use (None: none), or a list of them (a float operator's ``batch``, ``seq``), passed after the pointers.
+    raw pointers and re-declares the very same buffers on them.
     """
-    params, decls = [], []
-    for param in func.params:
-        if not is_buffer(param):  # a scalar param (a float operator's shape var) stays one
-            params.append(param)
-            continue
-        ptr = tirx.Var(f"{param.name}_ptr", tvm.ir.PointerType(tvm.ir.PrimType(param.dtype)))
-        params.append(ptr)
-        decls.append(tirx.DeclBuffer(param, data=ptr))
-    params += list(m_var) if isinstance(m_var, (list, tuple)) else [] if m_var is None else [m_var]
+    pointers, decls = [], []
+    for buf in func.params:
+        ptr = tirx.Var(f"{buf.name}_ptr", tvm.ir.PointerType(tvm.ir.PrimType(buf.dtype)))
+        pointers.append(ptr)
+        decls.append(tirx.DeclBuffer(buf, data=ptr))
+    params = pointers + ([m_var] if m_var is not None else [])
     # Workspace allocation failures return -1 from the function: its return type is int32.
     body = tirx.SeqStmt(decls + [func.body, tirx.Return(tirx.IntImm("int32", 0))])
     attrs = {k: v for k, v in func.attrs.items() if k != "global_symbol"} if func.attrs else {}
@@ -86,37 +82,6 @@ def dispatcher(name, buffers, m_var, calls, prologue=None):
         body = prologue.wrap(body, m_var, buffers)
     func = tirx.PrimFunc(list(buffers), body)
     # scheduled: the float-op rules (lowbit.compiler.passes.schedule_float_ops) and FuseOps leave it alone
-    return func.with_attrs({"global_symbol": name, "tirx.is_scheduled": True})
-
-
-def is_buffer(param):
-    """Whether a PrimFunc param is a buffer (else a scalar)."""
-    return isinstance(param.ty, BufferType)
-
-
-def shape_vars(func):
-    """The symbolic sizes in ``func``'s buffer shapes that are not params themselves, in order of first use:
-    what its subroutine form (:func:`as_subroutine`) takes after the pointers."""
-    scalar_params = [param for param in func.params if not is_buffer(param)]
-    found = []
-    for param in filter(is_buffer, func.params):
-        for dim in param.shape:
-            for var in tirx.analysis.undefined_vars(dim):
-                if not any(var.same_as(known) for known in scalar_params + found):
-                    found.append(var)
-    return found
-
-
-def branch_dispatcher(name, params, scalars, condition, taken, otherwise):
-    """The public PrimFunc ``if condition: taken(...) else: otherwise(...)`` with ``params`` over two subroutines
-    of the same signature (:func:`as_subroutine` with ``scalars``): one operator's parallel and single-thread
-    schedules."""
-    args = [tirx.buffer_data(param) if is_buffer(param) else param for param in params] + list(scalars)
-    calls = [tirx.Evaluate(tvm.ir.expr.Call(gvar, args, ret_ty="int32")) for gvar in (taken, otherwise)]
-    # inside an (empty) root block: Relax's RewriteDataflowReshape asks of every call_tir'd function whose input
-    # and output sizes match whether it is a reshape, and that analysis requires a block body
-    root = s_tir.stmt.SBlock([], [], [], "root", tirx.IfThenElse(condition, *calls))
-    func = tirx.PrimFunc(list(params), s_tir.stmt.SBlockRealize([], True, root))
     return func.with_attrs({"global_symbol": name, "tirx.is_scheduled": True})
 
 

@@ -14,7 +14,6 @@ from tvm import s_tir  # noqa: E402,F401
 from tvm.s_tir import Schedule  # noqa: E402,F401
 from tvm.s_tir.schedule import ScheduleError  # noqa: E402,F401
 from tvm.sym import Analyzer  # noqa: E402,F401 (tvm.arith before 0.27)
-from tvm.tirx.buffer import BufferType  # noqa: E402,F401
 from tvm.script import tirx as T  # noqa: E402,F401
 
 Target = tvm.target.Target

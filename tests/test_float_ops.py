@@ -108,14 +108,12 @@ def test_attention_is_scheduled_parallel_and_matches_numpy(isa):
     target = host_target() if isa == "host" else resolve_target(AVX2)
     scheduled, vm = _compiled(_attention(), target)
     used = _rules_used(scheduled)
-    assert sorted(set(used.values())) == ["float_matmul", "row_reduction"]
-    names = set(used)
-    for name in [n for n in names if not n.endswith(("_parallel", "_serial"))]:
-        # symbolic sizes: a parallel and a single-thread schedule behind a dispatcher
-        assert {f"{name}_parallel", f"{name}_serial"} <= names
-        assert "T.parallel" in scheduled[f"{name}_parallel"].script()
-        assert "T.parallel" not in scheduled[f"{name}_serial"].script()
-    assert f"T.vectorized(T.int64({target.vector_lanes}))" in scheduled["matmul1_parallel"].script()
+    assert sorted(used.values()) == ["float_matmul", "float_matmul", "row_reduction"]
+    for name in used:
+        # symbolic sizes: a parallel and a single-thread schedule, chosen at run time
+        branch = _work_branch(scheduled[name])
+        assert "T.parallel" in branch.then_case.script() and "T.parallel" not in branch.else_case.script()
+    assert f"T.vectorized(T.int64({target.vector_lanes}))" in scheduled["matmul1"].script()
     rng = np.random.default_rng(0)
     for batch, seq in [(1, rows) for rows in ROWS] + [(2, 17), (1, 128)]:  # 128: every function parallel
         q, k_t, v = (rng.standard_normal(shape).astype(np.float32) for shape in
@@ -196,17 +194,22 @@ def test_a_refused_schedule_leaves_the_function_unscheduled_and_warns(target):
         assert func.same_as(funcs[gvar.name_hint])  # untouched: the unscheduled, correct loop nest
 
 
-def test_dispatcher_runs_one_thread_at_one_row_and_two_at_many(target):
+def _work_branch(func):
+    """The ``if <work is large>: <parallel schedule> else: <single-thread schedule>`` of a scheduled function."""
+    branch = func.body.block.body
+    assert isinstance(branch, tirx.IfThenElse)
+    return branch
+
+
+def test_one_thread_at_one_row_and_two_at_many(target):
     scheduled = schedule_float_ops(_attention(), target)
     for name in ("fused_matmul_multiply_add", "fast_softmax", "matmul1"):
-        dispatcher = scheduled[name]
-        branch = dispatcher.body.block.body  # root block: if <work is large>: <name>_parallel else <name>_serial
-        assert branch.then_case.value.op.name_hint == f"{name}_parallel"
+        condition = _work_branch(scheduled[name]).condition
         for seq, parallel in ((1, False), (128, True)):
             analyzer = Analyzer()
-            for var in tirx.analysis.undefined_vars(branch.condition):
+            for var in tirx.analysis.undefined_vars(condition):
                 analyzer.bind(var, {"batch": 1, "seq": seq}[var.name])
-            assert bool(analyzer.simplify(branch.condition)) == parallel, (name, seq)
+            assert bool(analyzer.simplify(condition)) == parallel, (name, seq)
 
 
 def test_kernel_followed_by_activation_is_not_fused_with_it(tmp_path):

@@ -6,9 +6,9 @@ operators as unscheduled TensorIR (one loop nest per operator, one thread, scala
 Produces: the same module where each float function that a rule of ``lowbit.schedules.cpu.float_ops.RULES``
 takes (first match wins) is scheduled. A schedule with parallel loops is built twice, parallel and on one
 thread: when the function's work (``float_ops.work``, in its symbolic sizes) is known, the one that fits
-replaces the function; otherwise both become subroutines (``<name>_parallel``, ``<name>_serial``) behind a
-dispatcher under the function's name that picks by the work at run time (at M = 1 most operators are too small
-to pay for waking a second core). Replacements are marked ``tirx.is_scheduled``.
+replaces the function; otherwise the function runs one or the other by its work at run time (at M = 1 most
+operators are too small to pay for waking a second core). Replacements are marked ``tirx.is_scheduled`` and
+``lowbit.float_op`` (the rule's name).
 A function no rule takes stays as it is: correct, unscheduled. A rule that matches but whose schedule a
 primitive refuses (ScheduleError) is skipped for that function, the next rule tried, and the refusal listed in
 ``refused`` and in one warning (slower code for that function, never wrong code).
@@ -17,13 +17,12 @@ without TensorIR blocks, every Relax function.
 """
 import warnings
 
-from lowbit.compiler import dispatch
 from lowbit.compiler.passes.attach_subroutine_device import SUBROUTINE_ATTR
 from lowbit.compiler.tvm_api import Analyzer, ScheduleError, relax, s_tir, tirx, tvm
 from lowbit.schedules.cpu import float_ops
 
 
-# Marks a function this pass scheduled (its dispatcher and subroutines too): the rule's name.
+# Marks a function this pass scheduled: the rule's name.
 FLOAT_OP_ATTR = "lowbit.float_op"
 
 
@@ -88,12 +87,7 @@ class ScheduleFloatOps:
         big_enough = Analyzer().simplify(float_ops.work(func) >= float_ops.PARALLEL_MIN_WORK)
         if isinstance(big_enough, tirx.IntImm):
             return {gvar: parallel if big_enough.value else serial}
-        scalars = dispatch.shape_vars(func)
-        wide = tvm.ir.GlobalVar(f"{name}_parallel")
-        narrow = tvm.ir.GlobalVar(f"{name}_serial")
-        choose = dispatch.branch_dispatcher(name, list(func.params), scalars, big_enough, wide, narrow)
-        return {wide: dispatch.as_subroutine(parallel, scalars), narrow: dispatch.as_subroutine(serial, scalars),
-                gvar: choose.with_attr(FLOAT_OP_ATTR, rule.name)}
+        return {gvar: _either(big_enough, parallel, serial)}
 
     def _schedule(self, name, func, parallel):
         """(rule, Schedule) from the first rule that takes ``func``, or None."""
@@ -111,3 +105,21 @@ class ScheduleFloatOps:
 
 def _scheduled(sch, rule):
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, FLOAT_OP_ATTR: rule.name})
+
+
+def _either(condition, taken, otherwise):
+    """One PrimFunc running ``taken``'s loop nests when ``condition`` holds, else ``otherwise``'s: two schedules
+    of one function (same params, same root buffers; the buffers either schedule added are allocated too).
+
+    Not two subroutines behind a dispatcher (as lowbit's M buckets): TVM 0.27's LLVM code generation took 4-6 s
+    for each padded matmul in subroutine form against 0.15 s as a function of its own (the attention graph of
+    tests/test_float_ops.py: 11 s to build instead of 1).
+    """
+    first, second = taken.body.block, otherwise.body.block
+    buffers = list(first.alloc_buffers) + [buf for buf in second.alloc_buffers
+                                           if not any(buf.same_as(have) for have in first.alloc_buffers)]
+    root = s_tir.stmt.SBlock([], [], [], "root", tirx.IfThenElse(condition, first.body, second.body),
+                             alloc_buffers=buffers)
+    both = taken.with_body(s_tir.stmt.SBlockRealize([], True, root))
+    # loops a schedule left alone keep their variables in both: give each definition its own
+    return tvm.tirx.transform.ConvertSSA()(tvm.IRModule({"main": both}))["main"]
