@@ -122,4 +122,4 @@ def _either(condition, taken, otherwise):
                              alloc_buffers=buffers)
     both = taken.with_body(s_tir.stmt.SBlockRealize([], True, root))
     # loops a schedule left alone keep their variables in both: give each definition its own
-    return tvm.tirx.transform.ConvertSSA()(tvm.IRModule({"main": both}))["main"]
+    return tirx.transform.ConvertSSA()(tvm.IRModule({"main": both}))["main"]
