@@ -81,7 +81,8 @@ def dispatcher(name, buffers, m_var, calls, prologue=None):
     if prologue is not None:
         body = prologue.wrap(body, m_var, buffers)
     func = tirx.PrimFunc(list(buffers), body)
-    return func.with_attr("global_symbol", name)
+    # scheduled: the float-op rules (lowbit.compiler.passes.schedule_float_ops) and FuseOps leave it alone
+    return func.with_attrs({"global_symbol": name, "tirx.is_scheduled": True})
 
 
 @dataclasses.dataclass(frozen=True)

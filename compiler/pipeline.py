@@ -4,13 +4,16 @@ Models from a frontend (ONNX, torch) go through :func:`run_relax_pipeline` (``du
 0. ``import``: the frontend's Relax module, quantized weights as ``lowbit_w{i}`` placeholder parameters.
 1. ``lower``: ``LowerQuantizedMatmul`` replaces each placeholder matmul by its layer's M-bucket kernel
    (the whole module in ``1-lower.txt``, each scheduled TensorIR kernel in ``1-lower-tir/<function>.txt``).
-2. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's Relax and TIR pipelines.
+2. ``float-ops`` (CPU targets): the graph's other operators (attention matmuls, softmax, LayerNorm, GELU,
+   adds, transposes) legalized, fused and given CPU schedules (``tvm_api.float_op_pipeline``; each function
+   in ``2-float-ops-tir/``). CUDA targets get dlight's GPU schedules for them inside ``build``.
+3. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's Relax and TIR pipelines.
 
 A :class:`Sequential` goes through :func:`run_pipeline`:
 1. ``kernels``: per quantized linear layer, re-lay its weights and build its M-bucket TensorIR kernel.
 2. ``graph``: a Relax function ``main(x, *params)`` calling the kernels with ``call_tir`` and the float
    operators (activations) as Relax ops.
-3. ``build``: as above.
+3. ``float-ops`` and 4. ``build``: as above.
 """
 import dataclasses
 import os
@@ -19,7 +22,8 @@ import numpy as np
 
 from lowbit.compiler.graph import Activation, QuantizedLinear
 from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer, tuning_database
-from lowbit.compiler.tvm_api import compile_module, relax_pipeline, tir_pipeline, tirx, tvm
+from lowbit.compiler.passes.schedule_float_ops import is_float_op
+from lowbit.compiler.tvm_api import compile_module, float_op_pipeline, relax_pipeline, tir_pipeline, tirx, tvm
 from lowbit.errors import WeightError
 
 
@@ -54,12 +58,13 @@ def _dump(dump_dir, phase, text):
             f.write(text)
 
 
-def _dump_kernels(dump_dir, phase, mod):
-    """One file per TensorIR function of ``mod`` under ``<dump_dir>/<phase>-tir/``."""
+def _dump_kernels(dump_dir, phase, mod, float_ops_only=False):
+    """One file per TensorIR function of ``mod`` (``float_ops_only``: the model's float operators) under
+    ``<dump_dir>/<phase>-tir/``."""
     if not dump_dir:
         return
     for gvar, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc):
+        if isinstance(func, tirx.PrimFunc) and (not float_ops_only or is_float_op(func)):
             _dump(os.path.join(dump_dir, f"{phase}-tir"), gvar.name_hint, func.script())
 
 
@@ -122,6 +127,17 @@ def build_graph(model, kernels, bb, target):
     return params
 
 
+def schedule_float_ops(mod, target, dump_ir=None, phase="2-float-ops"):
+    """Phase ``float-ops``: the graph's float operators legalized, fused and scheduled for a CPU target
+    (:func:`lowbit.compiler.tvm_api.float_op_pipeline`); CUDA modules pass through unchanged."""
+    if target.kind == "cuda":
+        return mod
+    mod = float_op_pipeline(target)(mod)
+    _dump(dump_ir, phase, mod.script())
+    _dump_kernels(dump_ir, phase, mod, float_ops_only=True)
+    return mod
+
+
 def _build(mod, target):
     """Phase ``build``: tvm.compile with lowbit's pipelines (CUDA: GPU schedules for the graph's other
     operators, device code compiled by nvcc)."""
@@ -152,6 +168,7 @@ def run_pipeline(model, target, kernel="auto", dump_ir=None, tuning_log=None):
     params = build_graph(model, kernels, bb, target)
     mod = bb.get()
     _dump(dump_ir, "2-graph", mod.script())
+    mod = schedule_float_ops(mod, target, dump_ir, phase="3-float-ops")
     executable = _build(mod, target)
     return Compiled(executable, params, [plan for _, _, plan in kernels], _device_code(executable, target))
 
@@ -178,6 +195,7 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
         raise
     _dump(dump_ir, "1-lower", mod.script())
     _dump_kernels(dump_ir, "1-lower", mod)
+    mod = schedule_float_ops(mod, target, dump_ir)
     executable = _build(mod, target)
-    _dump(dump_ir, "2-build", executable.as_text())
+    _dump(dump_ir, "3-build", executable.as_text())
     return Compiled(executable, list(lower.params), list(lower.plans), _device_code(executable, target))

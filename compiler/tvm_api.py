@@ -12,6 +12,8 @@ import tvm  # noqa: E402
 from tvm import relax, te, tirx  # noqa: E402,F401
 from tvm import s_tir  # noqa: E402,F401
 from tvm.s_tir import Schedule  # noqa: E402,F401
+from tvm.s_tir.schedule import ScheduleError  # noqa: E402,F401
+from tvm.sym import Analyzer  # noqa: E402,F401 (tvm.arith before 0.27)
 from tvm.script import tirx as T  # noqa: E402,F401
 
 Target = tvm.target.Target
@@ -71,6 +73,23 @@ def relax_pipeline(target=None):
         passes[:0] = [relax.transform.LegalizeOps(),
                       dlight.ApplyDefaultSchedule(gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback())]
     return tvm.transform.Sequential(passes)
+
+
+def float_op_pipeline(target):
+    """CPU targets: the Relax passes that turn a model's float operators into scheduled TensorIR.
+
+    GELU / softmax with vectorizable math (FastFloatMath), legalized, fused the way TVM's CPU pipeline fuses
+    (``relax.backend.cpu_generic``: FuseOps / FuseTIR; lowbit's kernels kept out by KeepKernelsUnfused), then
+    each fused function given a CPU schedule (ScheduleFloatOps).
+    """
+    from lowbit.compiler.passes.fast_float_math import FastFloatMath
+    from lowbit.compiler.passes.keep_kernels_unfused import KeepKernelsUnfused
+    from lowbit.compiler.passes.schedule_float_ops import ScheduleFloatOps
+
+    passes = [FastFloatMath(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              KeepKernelsUnfused, relax.transform.FoldConstant(), relax.transform.FuseOps(),
+              relax.transform.FuseTIR(), ScheduleFloatOps(target)]
+    return tvm.transform.Sequential(passes, name="lowbit.FloatOps")
 
 
 def onnx_importer():

@@ -377,7 +377,8 @@ def test_cli_compile_writes_an_artifact_the_runtime_runs(rng, tmp_path):
                            "--kernel", "decode", "--dump-ir", str(tmp_path / "ir")], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "nbits" in proc.stdout and "w4g32" in proc.stdout
-    assert sorted(os.listdir(tmp_path / "ir")) == ["0-import.txt", "1-lower-tir", "1-lower.txt", "2-build.txt"]
+    assert sorted(os.listdir(tmp_path / "ir")) == ["0-import.txt", "1-lower-tir", "1-lower.txt", "2-float-ops-tir",
+                                                   "2-float-ops.txt", "3-build.txt"]
     import lowbit.runtime
 
     loaded = lowbit.runtime.load(out)

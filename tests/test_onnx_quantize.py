@@ -177,7 +177,8 @@ def test_cli_compile_float_model_with_gptq_and_dump_ir(rng, tmp_path):
     model, b2, calibration, done = gptq_cli(rng, tmp_path, "compile", "--kernel", "decode", "--dump-ir", "ir",
                                             "-o", "m.lowbit")
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(tmp_path / "ir")) == ["0-import.txt", "1-lower-tir", "1-lower.txt", "2-build.txt"]
+    assert sorted(os.listdir(tmp_path / "ir")) == ["0-import.txt", "1-lower-tir", "1-lower.txt", "2-float-ops-tir",
+                                                   "2-float-ops.txt", "3-build.txt"]
     kernels = set(os.listdir(tmp_path / "ir" / "1-lower-tir"))  # per layer: dispatcher + one per M bucket
     assert {f"layer{i}_mpgemm{suffix}.txt" for i in (0, 1) for suffix in ("", "_m1", "_m2_8")} <= kernels
     assert "T.prim_func" in (tmp_path / "ir" / "1-lower-tir" / "layer0_mpgemm_m1.txt").read_text()
