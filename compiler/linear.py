@@ -148,12 +148,13 @@ def _cpu_plan(layout, bucket):
     decoded word across 8 rows from M=9 on (M=128: 12.7 ms with 8 rows vs 16.2 ms with 4).
     """
     if layout.decode == "lut":
-        # the most row tiles per parallel iteration the layer allows (measured at M=1, 14336x4096 w2g64, cold,
-        # minimum of 36 calls: 0.96 ms with one tile, 0.81 with two, 0.81 with four; 1x4096x4096 ternary and
-        # w2g64 likewise): independent lookup chains and weight streams hide the shuffles' latency
+        # the most row tiles per parallel iteration the layer and the accumulator registers allow (measured at
+        # M=1, 14336x4096 w2g64, cold, minimum of 36 calls: 0.96 ms with one tile, 0.81 with two, 0.81 with
+        # four; 1x4096x4096 ternary and w2g64 likewise): independent lookup chains and weight streams hide the
+        # shuffles' latency
         portable = layout.vector_bytes == x86_lut.PORTABLE_BYTES
         return lut.LutLookup(), lut.LutConfig(lookup="gather" if portable else "shuffle",
-                                              tiles=max(lut.tile_counts(layout)))
+                                              tiles=lut.default_tiles(layout))
     if layout.decode == "a8":
         m_tile = 1 if bucket.hi == 1 else 4 if bucket.hi is not None and bucket.hi <= 8 else 8
         return a8.DecodeA8(), a8.A8Config(m_tile=m_tile)

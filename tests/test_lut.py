@@ -207,3 +207,16 @@ def test_lut_knobs_that_do_not_divide_the_layer_are_declined():
     assert not config.fits(layout)
     rule = LutLookup()
     assert rule.apply(rule.template(layout, 1, False, config), HOST, config) is None
+
+
+def test_default_tiles_keep_the_accumulators_in_half_the_registers():
+    from lowbit.compiler.formats import parse_format
+    from lowbit.compiler.layout import lut_layout
+    from lowbit.schedules.cpu.lut import default_tiles
+
+    def tiles(name, vector_bytes, N=14336):
+        return default_tiles(lut_layout(parse_format(name), N, 4096, vector_bytes))
+
+    assert [tiles(n, 64) for n in ("w2g64", "ternary", "nf4g64", "w3g128")] == [4, 4, 4, 1]  # AVX-512
+    assert [tiles(n, 32) for n in ("w2g64", "ternary", "nf4g64", "w3g128")] == [2, 2, 2, 1]  # AVX2
+    assert tiles("w2g64", 64, N=1024) == 1  # 8 row tiles: more per iteration leaves too few parallel ones

@@ -22,6 +22,17 @@ CHUNK_UNROLLS = (1, 2, 4, 8)
 MIN_PARALLEL = 8  # iterations of the parallel loop a tile count must leave (cores busy, load balanced)
 
 
+def default_tiles(layout):
+    """The default tile count: the most of :func:`tile_counts` whose int16 accumulators fill at most half the
+    vector registers (32 with AVX-512, else 16). A tile keeps ``4 * plane groups * table bytes`` registers of
+    sums (``lanes`` rows of int16 are two vectors, per nibble), e.g. 4 for 2-bit, ternary and nf4 with int8
+    tables: 4 tiles on AVX-512, 2 on AVX2; 12 for 3-bit: one tile."""
+    groups = layout.planes // 2 if layout.paired else layout.planes
+    per_tile = 4 * groups * layout.table_bytes
+    budget = (32 if layout.vector_bytes >= 64 else 16) // 2
+    return max(t for t in tile_counts(layout) if t == 1 or t * per_tile <= budget)
+
+
 def tile_counts(layout):
     """Tile counts per parallel iteration a layout can take: dividing its row tiles and leaving at least
     :data:`MIN_PARALLEL` parallel iterations (1 always), smallest first."""
