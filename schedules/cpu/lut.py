@@ -65,7 +65,10 @@ class LutConfig:
 
     def fits(self, layout):
         """Whether this config can schedule ``layout`` (its tile count and chunks divide evenly)."""
-        return layout.n_tiles % self.tiles == 0 and layout.chunks % self.chunk_unroll == 0
+        return self._divides(layout.n_tiles, layout.chunks)
+
+    def _divides(self, n_tiles, chunks):
+        return n_tiles % self.tiles == 0 and chunks % self.chunk_unroll == 0
 
 
 PRECOMPUTE = ("AMAX", "XQ", "XSUM", "H", "TMAX", "TQ", "TS", "XO")
@@ -86,9 +89,8 @@ class LutLookup:
             return None
         if (config.lookup == "gather") != (func.attrs["lowbit.lut_lookup"] == "gather"):
             return None  # a one-hot template needs a shuffle or select config, a gather one the gather config
-        if int(func.attrs["lowbit.lut_tiles"]) % config.tiles or int(func.attrs["lowbit.lut_chunks"]) % \
-                config.chunk_unroll:
-            return None
+        if not config._divides(int(func.attrs["lowbit.lut_tiles"]), int(func.attrs["lowbit.lut_chunks"])):
+            return None  # the template's layout, as LutConfig.fits reads it
         intrin = None
         if config.lookup == "shuffle":
             isa = x86_lut.isa_for(target.features)
