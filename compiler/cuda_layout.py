@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from lowbit.compiler.layout import GroupWords
+from lowbit.errors import KernelError
 
 MAGIC = 1024  # binary16 0x6400
 VECTOR_WORDS = 4  # 128-bit loads
@@ -84,6 +85,9 @@ def cuda_layout_for(qw, dtype="float16"):
     """The :class:`CudaLayout` of a QuantizedWeight for ``dtype`` activations."""
     fmt = qw.format
     N, K = qw.codes.shape
+    if getattr(fmt, "dim", 1) != 1:
+        raise KernelError(f"{fmt.name}: the CUDA kernels decode one code per weight; no CUDA kernel decodes 2-D "
+                          "codebooks yet")
     decode = "codebook" if fmt.kind == "codebook" else "affine"
     return CudaLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, decode=decode, dtype=dtype)
 

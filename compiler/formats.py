@@ -12,12 +12,13 @@ dataclass whose ``name`` is canonical and parses back with :func:`parse_format`:
 ``nf4g64``         NF4 codebook (QLoRA levels), groups of 64
 ``fp4g32``         FP4 e2m1 codebook (code = sign<<3 | exponent<<1 | mantissa), groups of 32
 ``cb3g64[l0,..]``  user codebook of ``2**bits`` float levels (e.g. an MSE-optimal grid)
+``cb4g64v2[..]``   user 2-D codebook: pairs of weights share one 4-bit code, 16 points ``x0,y0,x1,y1,..``
 ``higgs4g64``      HIGGS: Hadamard-rotated groups of 64 on the 4-bit MSE-optimal Gaussian grid
 ``higgs2g64v2``    HIGGS with a 2-D grid: pairs of rotated weights share one 4-bit code
 =================  ===========================================================================
 
 Dequantization: uniform ``w = s * (q - z)``; ternary ``w = s * (q - 1)`` with ``q`` in {0, 1, 2};
-codebook ``w = s * levels[q]``; HIGGS ``w = T^-1(s * grid[q])`` per group (see :mod:`.higgs`). Scales are
+codebook ``w = s * levels[q]`` (2-D: ``(w_2i, w_2i+1) = s * points[q_i]``); HIGGS ``w = T^-1(s * grid[q])`` per group (see :mod:`.higgs`). Scales are
 per (row, group).
 """
 import dataclasses
@@ -115,23 +116,33 @@ class CodebookFormat:
     """Non-uniform codebook: ``2**bits`` float levels indexed by the codes, times a group scale.
 
     ``family`` is ``"nf4"``, ``"fp4"`` (fixed levels) or ``"cb"`` (user levels, spelled in the name).
+    ``dim=2`` makes it a 2-D codebook: each pair of adjacent weights along K shares one ``bits``-bit code
+    indexing ``2**bits`` points of the plane; ``levels`` then holds the points flattened (``x0, y0, x1, y1,
+    ...``). A 2-D-grid HIGGS weight is such a codebook in its rotated space (``bits`` = 2 x HIGGS bits).
     """
 
     bits: int
     group_size: Optional[int]
     levels: tuple
     family: str = "cb"
+    dim: int = 1
     kind: ClassVar[str] = "codebook"
     has_zeros: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.bits, (int, np.integer)) or not 1 <= self.bits <= 8:
             raise FormatError(f"codebook format: bits={self.bits!r} is out of range: use 1..8")
+        if self.dim not in (1, 2):
+            raise FormatError(f"codebook format: dimension {self.dim!r}: use 1 (a level per weight) or 2 (a point "
+                              "per pair of weights)")
         _check_group(self.group_size, f"{self.family}")
+        if self.dim == 2 and self.group_size and self.group_size % 2:
+            raise FormatError(f"2-D codebook: group size {self.group_size} must be even (codes cover pairs)")
         levels = np.asarray(self.levels, dtype=np.float64)
-        if levels.shape != (2 ** self.bits,):
-            raise FormatError(f"codebook format: {levels.size} levels given for {self.bits} bits: "
-                              f"give exactly {2 ** self.bits} levels")
+        if levels.shape != (2 ** self.bits * self.dim,):
+            what = "levels" if self.dim == 1 else "point coordinates (x0, y0, x1, y1, ...)"
+            raise FormatError(f"codebook format: {levels.size} {what} given for {self.bits} bits: "
+                              f"give exactly {2 ** self.bits * self.dim}")
         if not np.isfinite(levels).all() or not np.abs(levels).max() > 0:
             raise FormatError("codebook format: levels must be finite and not all zero")
         # Kernels hold levels in float32: keep exactly the float32 values so the reference agrees.
@@ -139,14 +150,24 @@ class CodebookFormat:
 
     @property
     def name(self):
-        suffix = _group_suffix(self.group_size)
+        suffix = _group_suffix(self.group_size) + ("v2" if self.dim == 2 else "")
         if self.family in ("nf4", "fp4"):
             return f"{self.family}{suffix}"
         return f"cb{self.bits}{suffix}[{','.join(str(np.float32(v)) for v in self.levels)}]"
 
+    @property
+    def code_bits(self):
+        """Bits of one stored code (a code covers ``dim`` weights)."""
+        return self.bits
+
+    @property
+    def points(self):
+        """The codebook as float64 (2**bits, dim): entry ``q`` decodes to the ``dim`` weights ``s * points[q]``."""
+        return np.asarray(self.levels, np.float64).reshape(-1, self.dim)
+
     def bits_per_weight(self, K):
         """Storage bits per weight: codes + fp16 scale per group (the shared levels are negligible)."""
-        return self.bits + SCALE_BITS / (self.group_size or K)
+        return self.bits / self.dim + SCALE_BITS / (self.group_size or K)
 
 
 def nf4(group_size=64):
@@ -167,8 +188,8 @@ _PATTERNS = (
      lambda m: CodebookFormat(4, _int_or_none(m[2]), NF4_LEVELS if m[1] == "nf4" else FP4_LEVELS, m[1])),
     (re.compile(r"higgs(\d+)g(\d+)(v2)?"),
      lambda m: HiggsFormat(int(m[1]), int(m[2]), 2 if m[3] else 1)),
-    (re.compile(r"cb(\d+)(?:g(\d+))?\[([^\]]*)\]"),
-     lambda m: CodebookFormat(int(m[1]), _int_or_none(m[2]), _parse_levels(m[3]), "cb")),
+    (re.compile(r"cb(\d+)(?:g(\d+))?(v2)?\[([^\]]*)\]"),
+     lambda m: CodebookFormat(int(m[1]), _int_or_none(m[2]), _parse_levels(m[4]), "cb", 2 if m[3] else 1)),
 )
 
 
@@ -233,7 +254,7 @@ class QuantizedWeight:
             raise WeightError(f"codes must be a non-empty (N, K) array, got shape {codes.shape}")
         N, K = codes.shape[0], codes.shape[1] * _code_dim(fmt)
         groups = _n_groups(fmt, K)
-        limit = 3 if fmt.kind == "ternary" else 2 ** (fmt.bits * _code_dim(fmt))
+        limit = 3 if fmt.kind == "ternary" else 2 ** _code_bits(fmt)
         if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= limit:
             raise WeightError(f"{fmt.name}: codes must be integers in [0, {limit}), got {codes.dtype} in "
                               f"[{codes.min()}, {codes.max()}]")
@@ -291,23 +312,24 @@ class QuantizedWeight:
             return hadamard_rotate(rotated, group, inverse=True).astype(np.float32)
         scales = np.repeat(self.scales.astype(np.float64), group, axis=1)
         if self.format.kind == "codebook":
-            values = np.asarray(self.format.levels, np.float64)[self.codes]
+            values = self.format.points[self.codes].reshape(self.shape)
         else:
             values = self.codes.astype(np.float64) - np.repeat(self.affine_zeros().astype(np.float64), group, axis=1)
         return (scales * values).astype(np.float32)
 
     def pack(self):
         """Return the :class:`PackedWeight` storage form (each row an LSB-first bit stream)."""
-        return PackedWeight(self.format, self.shape, pack_bits(self.codes, self.format.bits * _code_dim(self.format)),
+        return PackedWeight(self.format, self.shape, pack_bits(self.codes, _code_bits(self.format)),
                             self.scales, self.zeros)
 
     def rotated_codebook(self):
-        """A HIGGS 1-D-grid weight as the plain codebook weight of its rotated groups (what the kernels
-        multiply with rotated activations): same codes and scales, the grid as levels."""
+        """A HIGGS weight as the plain codebook weight of its rotated groups (what the kernels multiply with
+        rotated activations): same codes and scales, the grid as levels (a 2-D grid as a 2-D codebook whose
+        codes have ``2 * bits`` bits)."""
         fmt = self.format
-        if fmt.kind != "higgs" or fmt.dim != 1:
-            raise FormatError(f"{fmt.name}: only 1-D-grid HIGGS weights have a rotated codebook form")
-        return QuantizedWeight(CodebookFormat(fmt.bits, fmt.group_size, fmt.levels, "cb"), self.codes, self.scales)
+        if fmt.kind != "higgs":
+            raise FormatError(f"{fmt.name} is not a HIGGS format: only HIGGS weights have a rotated codebook form")
+        return QuantizedWeight(kernel_format(fmt), self.codes, self.scales)
 
     @property
     def nbytes(self):
@@ -329,7 +351,7 @@ class PackedWeight:
         """Return the QuantizedWeight these bytes hold (exact inverse of ``QuantizedWeight.pack``)."""
         N, K = self.shape
         dim = _code_dim(self.format)
-        return QuantizedWeight(self.format, unpack_bits(self.data, self.format.bits * dim, K // dim), self.scales,
+        return QuantizedWeight(self.format, unpack_bits(self.data, _code_bits(self.format), K // dim), self.scales,
                                self.zeros)
 
     @property
@@ -353,9 +375,23 @@ def unpack_bits(data, bits, K):
     return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
 
 
+def kernel_format(fmt):
+    """The format the CPU kernels multiply: a HIGGS format's rotated codebook (its grid as levels, 2-D with
+    ``2 * bits``-bit codes for v2; the kernel rotates the activations), any other format itself."""
+    fmt = parse_format(fmt)
+    if fmt.kind != "higgs":
+        return fmt
+    return CodebookFormat(fmt.code_bits, fmt.group_size, tuple(fmt.points.reshape(-1)), "cb", fmt.dim)
+
+
 def _code_dim(fmt):
-    """Weights per code: 2 for 2-D-grid HIGGS formats, else 1."""
+    """Weights per code: 2 for 2-D-grid HIGGS and 2-D codebook formats, else 1."""
     return getattr(fmt, "dim", 1)
+
+
+def _code_bits(fmt):
+    """Bits of one stored code (covering ``_code_dim`` weights)."""
+    return getattr(fmt, "code_bits", fmt.bits)
 
 
 def _n_groups(fmt, K):
@@ -408,7 +444,7 @@ def quantize(w, fmt):
         return QuantizedWeight(fmt, *quantize_higgs(w, fmt))
     quantizer = {"uniform": _quantize_uniform, "ternary": _quantize_ternary, "codebook": _quantize_codebook}
     codes, scales, zeros = quantizer[fmt.kind](grouped, fmt)
-    return QuantizedWeight(fmt, codes.reshape(N, K), scales, zeros)
+    return QuantizedWeight(fmt, codes.reshape(N, K // _code_dim(fmt)), scales, zeros)
 
 
 def _quantize_uniform(grouped, fmt):
@@ -430,8 +466,7 @@ def _quantize_ternary(grouped, fmt):
 
 
 def _quantize_codebook(grouped, fmt):
-    levels = np.asarray(fmt.levels, np.float64)
-    scales = _safe_scale(np.abs(grouped).max(axis=2) / np.abs(levels).max())
+    scales = _safe_scale(np.abs(grouped).max(axis=2) / np.abs(fmt.points).max())
     return encode(grouped, fmt, scales), scales, None
 
 
@@ -451,6 +486,14 @@ def encode(grouped, fmt, scales, zeros=None):
             half = 2 ** (fmt.bits - 1)
             return (np.clip(np.rint(normalized), -half, half - 1) + half).astype(np.uint8)
         return np.clip(np.rint(normalized) + np.asarray(zeros, np.float64)[..., None], 0, qmax).astype(np.uint8)
+    if fmt.dim == 2:
+        if normalized.shape[-1] % 2:
+            raise FormatError(f"{fmt.name}: a 2-D codebook codes pairs of weights; got {normalized.shape[-1]} "
+                              "weights per group")
+        from lowbit.compiler.higgs import nearest_points
+
+        pairs = normalized.reshape(-1, 2)
+        return nearest_points(pairs, fmt.points).reshape(*normalized.shape[:-1], -1).astype(np.uint8)
     levels = np.asarray(fmt.levels, np.float64)
     # nearest level by binary search over the sorted levels (no (N, K, 2**bits) temporary)
     order = np.argsort(levels, kind="stable")

@@ -82,6 +82,9 @@ def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
     if fmt.group_size and K % fmt.group_size:
         raise WeightError(f"{fmt.name}: group size {fmt.group_size} does not divide K={K}: pick a group size "
                           "that divides K")
+    if fmt.kind == "codebook" and fmt.dim != 1:
+        raise FormatError(f"{fmt.name}: GPTQ rounds one column at a time and a 2-D codebook codes pairs of "
+                          "columns: use method='rtn' for it")
     if fmt.kind != "higgs":
         return QuantizedWeight(fmt, *_gptq_columns(W, np.array(H, np.float64), fmt, damp, _group_params))
     if fmt.dim != 1:

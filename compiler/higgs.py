@@ -74,6 +74,11 @@ class HiggsFormat:
             return np.asarray(self.levels, np.float32)[:, None]
         return gaussian_grid_2d(self.bits)
 
+    @property
+    def code_bits(self):
+        """Bits of one stored code: ``bits`` per weight, a code covers ``dim`` weights."""
+        return self.bits * self.dim
+
     def bits_per_weight(self, K):
         """Storage bits per weight: codes + one fp16 scale per group (the grid is shared and negligible)."""
         return self.bits + SCALE_BITS / self.group_size
@@ -133,7 +138,7 @@ def compute_gaussian_grid_2d(bits, samples=1 << 16, iterations=60):
     one_d = np.asarray(lloyd_max_gaussian(bits), np.float64)
     points = np.stack(np.meshgrid(one_d, one_d, indexing="ij"), axis=-1).reshape(-1, 2)
     for _ in range(iterations):
-        nearest = _nearest_points(sample, points)
+        nearest = nearest_points(sample, points)
         sums = np.zeros_like(points)
         np.add.at(sums, nearest, sample)
         counts = np.bincount(nearest, minlength=len(points))[:, None]
@@ -159,7 +164,7 @@ def _halton(index, base):
     return result
 
 
-def _nearest_points(values, points, chunk=1 << 12):
+def nearest_points(values, points, chunk=1 << 12):
     """Index of the nearest grid point for each row of ``values`` (squared distance, chunked)."""
     out = np.empty(len(values), np.int64)
     norms = (points.astype(np.float64) ** 2).sum(axis=1)
@@ -288,7 +293,7 @@ def _round_to_grid(normalized, points, dim):
     shape = normalized.shape
     if dim == 1:
         return _nearest_levels(normalized, tuple(points[:, 0]))
-    codes = _nearest_points(normalized.reshape(-1, dim), points)
+    codes = nearest_points(normalized.reshape(-1, dim), points)
     return codes.reshape(*shape[:-1], shape[-1] // dim)
 
 

@@ -53,7 +53,7 @@ def _placeholders(layout, M, has_bias):
     if layout.decode == "affine":
         third = te.placeholder((layout.n_tiles, layout.n_groups, L), F32, name="SZ")
     else:
-        third = te.placeholder((1 << layout.bits,), F32, name="LV")
+        third = te.placeholder(((1 << layout.bits) * layout.dim,), F32, name="LV")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     return X, W, S, third, B
 
@@ -104,11 +104,18 @@ def accumulate_compute(layout, M, partials, has_bias, m_tile=1):
     ii = te.reduce_axis((0, vpw // partials), name="ii")
     affine = layout.decode == "affine"
 
+    dim = layout.dim
+
     def term(m, nt, g, p, lane):
         slot = ii * partials + p
         code = decode_code(layout, W[nt, g, j, lane], slot)
-        value = unit_float(layout, code) if affine else third[code]
-        return value * Xp[_row(m, M, m_tile), g, j * vpw + slot]
+        row, k = _row(m, M, m_tile), (j * vpw + slot) * dim
+        if affine:
+            return unit_float(layout, code) * Xp[row, g, k]
+        total = third[code * dim] * Xp[row, g, k]
+        for d in range(1, dim):  # a 2-D codebook's point: one code, two weights
+            total = total + third[code * dim + d] * Xp[row, g, k + d]
+        return total
 
     Mp = padded_rows(M, m_tile)
     acc = te.compute((Mp, layout.n_tiles, layout.n_groups, partials, L),
@@ -138,15 +145,16 @@ def accumulate_compute(layout, M, partials, has_bias, m_tile=1):
 
 def dequant_tile_compute(layout, M, has_bias, m_tile=1):
     """Large-M template: rows decoded to float32 (``WF``, a scratch tile once scheduled), then a GEMM."""
-    L, vpw = layout.lanes, layout.codes_per_word
+    L, vpw, dim = layout.lanes, layout.codes_per_word, layout.dim
     X, W, S, third, B = _placeholders(layout, M, has_bias)
     Xp = _padded_activations(X, layout, M)
 
     def dequant(nt, g, kk, lane):
-        code = decode_code(layout, W[nt, g, kk // vpw, lane], kk % vpw)
+        slot = kk // dim  # the code covering weight kk (itself, or its pair's for a 2-D codebook)
+        code = decode_code(layout, W[nt, g, slot // vpw, lane], slot % vpw)
         if layout.decode == "affine":
             return S[nt, g, lane] * code.astype(F32) - third[nt, g, lane]
-        return S[nt, g, lane] * third[code]
+        return S[nt, g, lane] * third[code * dim + kk % dim if dim > 1 else code]
 
     WF = te.compute((layout.n_tiles, layout.n_groups, layout.padded_group, L), dequant, name="WF")
     g = te.reduce_axis((0, layout.n_groups), name="g")

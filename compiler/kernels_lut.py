@@ -10,7 +10,9 @@ Per row of X and table group ``t`` (``TG`` consecutive k, see :class:`lowbit.com
 
        sum_k q[n,k] x_k = 1/2 sum_b 2^b sum_c T_c[index_b(n, c)] + (2^bits - 1)/2 * sum_k x_k
 
-   Codebook (4-bit codes): the table of chunk ``k`` is ``levels[e] * xq_k`` for the 16 codes ``e``.
+   Codebook: a 4-bit index ``e`` stands for ``p = per_chunk`` weights ``P[e]`` (one 4-bit code, two 2-bit
+   codes, or a 2-D codebook's point pair; :func:`lowbit.compiler.layout.lut_points`), and the table of a
+   chunk is ``sum_j P[e, j] * xq_j`` over its ``p`` activations for the 16 indices ``e``.
 3. ``table_bits=8``: the tables are quantized to int8 with one scale per (row, table group)
    (``127 / max|entry|``); ``table_bits=16``: the entries are kept exactly (a codebook's to 1/256 of a
    level x activation unit) and looked up as a low and a high byte table, ``entry = 256 * high + low``.
@@ -36,7 +38,7 @@ import numpy as np
 from lowbit.compiler.intrinsics.x86_lut import ENTRIES, lookup_term, nibble, paired_lookup_term
 from lowbit.compiler.kernels import F32
 from lowbit.compiler.kernels_a8 import INT8_MAX, quantize_activations, quantize_activations_reference
-from lowbit.compiler.layout import relayout_lut
+from lowbit.compiler.layout import lut_indices, lut_points, relayout_lut
 from lowbit.compiler.tvm_api import te, tirx
 
 BYTE_SPLIT = 128  # entry = 256 * ((entry + 128) >> 8) + low, with low in [-128, 127]
@@ -98,12 +100,20 @@ def _bit_serial_tables(xq, amax, layout, M):
 
 
 def _codebook_tables(xq, amax, layout, LV):
-    """Codebook tables ``levels[e] * xq[k]`` (in units of 1, or 1/256 with ``table_bits=16``): ``entry`` and
-    ``scale`` as :func:`_bit_serial_tables`."""
+    """Codebook tables ``sum_j P[e, j] * xq[c * p + j]`` (in units of 1, or 1/256 with ``table_bits=16``; ``P``
+    is ``LV`` as (16, p)): ``entry`` and ``scale`` as :func:`_bit_serial_tables`."""
     multiplier = 1.0 if layout.params.table_bits == 8 else 256.0
+    p = layout.per_chunk
+    # One product rounds once in float32. A sum of several is formed in float64, where every float32 x int8
+    # product and their sum are exact: a float32 sum would round differently wherever LLVM fuses it into an
+    # FMA, and entries near a half unit would then round to different integers than the NumPy twin's.
+    wide = "float32" if p == 1 else "float64"
 
     def entry(m, t, c, byte, e):
-        value = tirx.round(LV[e] * xq[m, t, c].astype(F32) * tirx.const(multiplier, F32)).astype("int32")
+        total = LV[e * p].astype(wide) * xq[m, t, c * p].astype(wide)
+        for j in range(1, p):
+            total = total + LV[e * p + j].astype(wide) * xq[m, t, c * p + j].astype(wide)
+        value = tirx.round(total * tirx.const(multiplier, wide)).astype("int32")
         return (value if layout.params.table_bits == 8 else _split_byte(value, byte)).astype("int8")
 
     return entry, lambda m, t: amax[m, t] * tirx.const(1.0 / INT8_MAX / multiplier, F32)
@@ -172,7 +182,7 @@ def lut_compute(layout, M, has_bias, lookup="select"):
     if layout.has_zeros:
         third = te.placeholder((layout.n_tiles, layout.n_groups, R), "uint8", name="Z")
     elif layout.kind == "codebook":
-        third = te.placeholder((ENTRIES,), F32, name="LV")
+        third = te.placeholder((ENTRIES * layout.per_chunk,), F32, name="LV")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     Xp = te.compute((M, layout.n_table_groups, TG), lambda m, t, k: X[m, t * TG + k], name="Xp")
     amax, xq, xsum = quantize_activations(Xp, M, types.SimpleNamespace(n_groups=layout.n_table_groups,
@@ -252,7 +262,10 @@ def tables_reference(x, layout, levels=None):
             ts = xs.astype(np.float64)
     else:
         multiplier = f32(1.0 if layout.params.table_bits == 8 else 256.0)
-        product = np.round(np.asarray(levels, f32) * xq.astype(f32) * multiplier).astype(np.int64)
+        points = np.asarray(levels, f32).reshape(ENTRIES, layout.per_chunk)
+        wide = f32 if layout.per_chunk == 1 else np.float64  # as the kernel: a sum of products exact in float64
+        total = sum(points[:, j].astype(wide) * xq[..., j, None].astype(wide) for j in range(layout.per_chunk))
+        product = np.round(total * wide(multiplier)).astype(np.int64)
         tq = product[..., None, :] if layout.params.table_bits == 8 else _split_reference(product)
         ts = xs.astype(np.float64) / np.float64(multiplier)
     return tq.astype(np.int64), ts, xo
@@ -312,14 +325,12 @@ def _group_factors(qw, layout):
     per_scale = layout.group_size // layout.table_group
     scales = np.repeat(qw.scales.astype(np.float64), per_scale, axis=1)
     if layout.kind == "codebook":
-        return scales * np.abs(np.asarray(qw.format.levels, np.float64)).max(), None
+        return scales * lut_points(qw.format)[1], None
     offset = (2 ** qw.format.bits - 1) / 2 - np.repeat(qw.affine_zeros(), per_scale, axis=1)
     return scales / 2, scales * offset
 
 
 def _indices(qw, layout):
     """The table index of every (row, table group, chunk), one (N, TGn, C) array per bit plane."""
-    codes = qw.codes.reshape(layout.N, layout.n_table_groups, layout.chunks, layout.per_chunk).astype(np.int64)
-    if layout.kind == "codebook":
-        return [codes[..., 0]]
-    return [(((codes >> b) & 1) << np.arange(layout.per_chunk)).sum(axis=3) for b in range(layout.planes)]
+    index = lut_indices(qw.codes, layout).astype(np.int64)
+    return [index[..., b] for b in range(layout.planes)]

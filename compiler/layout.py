@@ -12,7 +12,9 @@ Arrays (``NT = ceil(N / lanes)``, ``Gn`` groups along K, ``wpg`` words per group
   of ``k = g*G + j*vpw + i`` in bits ``[i*bits, (i+1)*bits)``.
 - ``S``  float32 ``(NT, Gn, lanes)``: group scales (0 for the padding rows past N).
 - ``SZ`` float32 ``(NT, Gn, lanes)``: scale times zero point (affine formats only).
-- ``LV`` float32 ``(2**bits,)``: codebook levels (codebook formats only).
+- ``LV`` float32 ``(2**bits * dim,)``: codebook levels (codebook formats only); a 2-D codebook (``dim`` 2:
+  one ``bits``-bit code per pair of weights, a group of ``G`` weights has ``G / 2`` codes) keeps its points
+  flattened, ``LV[2q], LV[2q + 1]``.
 """
 import dataclasses
 
@@ -58,10 +60,20 @@ class KernelLayout(_RowTiles, GroupWords):
     group_size: int
     lanes: int
     decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]; "a8": byte-sliced, int8 dot
+    dim: int = 1  # weights per code (2: a 2-D codebook's code covers a pair of weights)
 
     @property
     def codes_per_word(self):
         return 32 // self.bits
+
+    @property
+    def words_per_group(self):
+        return -(-(self.group_size // self.dim) // self.codes_per_word)
+
+    @property
+    def padded_group(self):
+        """Weights per group after padding the group's codes to whole words."""
+        return self.words_per_group * self.codes_per_word * self.dim
 
     @property
     def packed_bytes(self):
@@ -78,9 +90,10 @@ class KernelLayout(_RowTiles, GroupWords):
 def layout_for(qw, lanes):
     """Return the :class:`KernelLayout` of a QuantizedWeight for vectors of ``lanes`` float32."""
     fmt = qw.format
-    N, K = qw.codes.shape
+    N, K = qw.shape
     decode = "codebook" if fmt.kind == "codebook" else "affine"
-    return KernelLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=lanes, decode=decode)
+    return KernelLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=lanes, decode=decode,
+                        dim=getattr(fmt, "dim", 1))
 
 
 def _interleave_rows(a, layout):
@@ -116,7 +129,7 @@ def relayout(qw, lanes):
     """
     layout = layout_for(qw, lanes)
     scales = qw.scales.astype(np.float32)
-    arrays = {"W": pack_words(qw.codes, layout),
+    arrays = {"W": pack_words(qw.codes, _code_units(layout)),
               "S": np.ascontiguousarray(_interleave_rows(scales, layout))}
     if layout.decode == "affine":
         sz = (scales.astype(np.float64) * qw.affine_zeros()).astype(np.float32)
@@ -161,6 +174,13 @@ def relayout_a8(qw, lanes):
     return layout, arrays
 
 
+def _code_units(layout):
+    """The layout counted in codes (what :func:`pack_words` packs): a 2-D codebook's K and groups halve."""
+    if layout.dim == 1:
+        return layout
+    return dataclasses.replace(layout, K=layout.K // layout.dim, group_size=layout.group_size // layout.dim, dim=1)
+
+
 def _unpadded(layout):
     """The layout whose groups are already whole words (for packing codes padded by the caller)."""
     return dataclasses.replace(layout, K=layout.n_groups * layout.padded_group, group_size=layout.padded_group)
@@ -194,7 +214,10 @@ class LutLayout(_RowTiles):
 
     ``lanes`` output rows per tile (twice the vector's bytes: each weight byte carries the table index of
     row ``i`` in its low nibble and of row ``i + lanes/2`` in its high nibble). Uniform and ternary codes are
-    bit-serial: one index per (bit plane, ``group`` consecutive k); codebook codes index their table whole.
+    bit-serial: one index per (bit plane, ``group`` consecutive k). Codebook codes index their table whole:
+    a 4-bit index is one 3- or 4-bit code (a 3-bit code leaves half the table unused and reads 4 bits per
+    code), two 2-bit codes or four 1-bit ones (``4 // bits`` codes), each covering ``dim`` weights (2 for a
+    2-D codebook), so one lookup covers ``per_chunk = dim * (4 // bits)`` weights.
     """
 
     N: int
@@ -206,6 +229,12 @@ class LutLayout(_RowTiles):
     params: LutParams
     fixed_zero: object = None  # uniform formats without stored zero points: their zero (ternary 1, wNs 2**(b-1))
     decode: str = "lut"
+    dim: int = 1  # codebook: weights per code
+
+    @property
+    def codes_per_index(self):
+        """Codebook codes packed into one 4-bit table index."""
+        return 4 // self.bits if self.kind == "codebook" else 1
 
     @property
     def has_zeros(self):
@@ -222,8 +251,8 @@ class LutLayout(_RowTiles):
 
     @property
     def per_chunk(self):
-        """Weights (along K) that one table index covers: ``group`` bit-serial, 1 for a codebook code."""
-        return self.params.group if self.kind == "uniform" else 1
+        """Weights (along K) that one table index covers: ``group`` bit-serial; ``dim * 4 / bits`` codebook."""
+        return self.params.group if self.kind == "uniform" else self.dim * self.codes_per_index
 
     @property
     def table_group(self):
@@ -283,8 +312,11 @@ def lut_unsupported(qw, params):
     """Why ``qw`` has no ``lut`` layout (a sentence), or None."""
     fmt = qw.format
     group = fmt.group_size or qw.shape[1]
-    if fmt.kind == "codebook" and fmt.bits != 4:
-        return f"{fmt.name} has {fmt.bits}-bit codes; lut codebook tables are indexed by 4-bit codes"
+    if fmt.kind == "codebook" and fmt.bits > 4:
+        return (f"{fmt.name} has {fmt.bits}-bit codes; lut codebook tables are indexed by 4 bits: one code of "
+                "3 or 4 bits, two 2-bit or four 1-bit codes (use decode)")
+    if fmt.kind == "codebook" and group % (fmt.dim * 4 // fmt.bits):
+        return f"group size {group} is not a multiple of the {fmt.dim * 4 // fmt.bits} weights of one table index"
     if fmt.kind != "codebook" and fmt.bits > 4:
         return f"{fmt.name} has {fmt.bits} bit planes; lut supports 1..4 bits (use a8 for more)"
     if fmt.kind != "codebook" and group % params.group:
@@ -298,7 +330,21 @@ def lut_layout(fmt, N, K, vector_bytes, params=LutParams()):
     kind = "codebook" if fmt.kind == "codebook" else "uniform"
     fixed_zero = implicit_zero(fmt) if kind == "uniform" and not fmt.has_zeros else None
     return LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
-                     kind=kind, params=params, fixed_zero=fixed_zero)
+                     kind=kind, params=params, fixed_zero=fixed_zero, dim=getattr(fmt, "dim", 1))
+
+
+def lut_points(fmt):
+    """(points, peak) of a codebook under the ``lut`` kernels: ``points`` float64 (16, per_chunk), the weights
+    that each 4-bit table index stands for (code ``i`` of the index in bits ``[i*bits, (i+1)*bits)``; a 3-bit
+    code's index never exceeds 7, entries 8-15 repeat 0-7),
+    divided by ``peak``, the largest ``sum_j |point_j|`` (so every table entry ``sum_j point_j xq_j`` of int8
+    activations stays within int8)."""
+    per_index = 4 // fmt.bits
+    entries = np.arange(16)
+    codes = (entries[:, None] >> (fmt.bits * np.arange(per_index))) & ((1 << fmt.bits) - 1)  # (16, per_index)
+    points = fmt.points[codes].reshape(16, per_index * fmt.dim)
+    peak = np.abs(points).sum(axis=1).max()
+    return points / peak, peak
 
 
 def relayout_lut(qw, vector_bytes, params=LutParams()):
@@ -315,18 +361,13 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
       ``LV`` float32 ``(16,)`` (codebook): levels divided by their largest magnitude.
     """
     fmt = qw.format
-    N, K = qw.codes.shape
+    N, K = qw.shape
     layout = lut_layout(fmt, N, K, vector_bytes, params)
     kind = layout.kind
     reason = lut_unsupported(qw, params)
     if reason is not None:
         raise KernelError(f"kernel 'lut' cannot run {fmt.name}: {reason}")
-    chunked = qw.codes.reshape(N, layout.n_table_groups, layout.chunks, layout.per_chunk).astype(np.uint8)
-    if kind == "uniform":
-        weights = np.uint8(1) << np.arange(layout.per_chunk, dtype=np.uint8)
-        index = np.stack([(((chunked >> b) & 1) * weights).sum(axis=3) for b in range(layout.planes)], axis=3)
-    else:
-        index = chunked
+    index = lut_indices(qw.codes, layout)
     index = _interleave_rows(index.astype(np.uint8), layout)  # (NT, TGn, C, planes, lanes)
     scales = qw.scales.astype(np.float64)
     arrays = {"W": _index_bytes(index, layout)}
@@ -335,11 +376,23 @@ def relayout_lut(qw, vector_bytes, params=LutParams()):
         if layout.has_zeros:
             arrays["Z"] = _interleave_rows(qw.zeros.astype(np.uint8), layout)
     else:
-        levels = np.asarray(fmt.levels, np.float64)
-        peak = np.abs(levels).max()
+        points, peak = lut_points(fmt)
         arrays["S"] = _interleave_rows((scales * peak).astype(np.float32), layout)
-        arrays["LV"] = (levels / peak).astype(np.float32)
+        arrays["LV"] = points.reshape(-1).astype(np.float32)
     return layout, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+
+def lut_indices(codes, layout):
+    """Table indices (N, TGn, C, planes) of (N, K / dim) codes: bit-serial planes (uniform), or ``4 / bits``
+    consecutive codebook codes packed into 4 bits."""
+    N = codes.shape[0]
+    if layout.kind == "uniform":
+        chunked = codes.reshape(N, layout.n_table_groups, layout.chunks, layout.per_chunk).astype(np.uint8)
+        weights = np.uint8(1) << np.arange(layout.per_chunk, dtype=np.uint8)
+        return np.stack([(((chunked >> b) & 1) * weights).sum(axis=3) for b in range(layout.planes)], axis=3)
+    chunked = codes.reshape(N, layout.n_table_groups, layout.chunks, layout.codes_per_index).astype(np.uint8)
+    shifts = (layout.bits * np.arange(layout.codes_per_index)).astype(np.uint8)
+    return (chunked << shifts).sum(axis=3, dtype=np.uint8)[..., None]
 
 
 def _index_bytes(index, layout):

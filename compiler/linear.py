@@ -52,11 +52,11 @@ def a8_unsupported(qw, target):
 
 
 def lut_preferred(qw, target):
-    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit and 4-bit codebook formats on
-    hosts with a byte shuffle (AVX2 / AVX-512BW), where it measured fastest at M=1 (docs/design.md)."""
+    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit uniform and every codebook it
+    runs (codes of up to 4 bits, 2-D ones included) on hosts with a byte shuffle (AVX2 / AVX-512BW), where it
+    measured fastest at M=1 (docs/design.md; a codebook's decode gathers its levels per weight)."""
     fmt = qw.format
-    wanted = fmt.kind == "ternary" or fmt.kind == "uniform" and fmt.bits <= 2 or \
-        fmt.kind == "codebook" and fmt.bits == 4
+    wanted = fmt.kind in ("ternary", "codebook") or fmt.kind == "uniform" and fmt.bits <= 2
     return wanted and x86_lut.isa_for(target.features) is not None and lut_unsupported(qw, LutParams()) is None
 
 
@@ -112,9 +112,6 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype
         return _prepare_cuda_layer(qw, bias, kernel, dtype)
     rotation = None
     if qw.format.kind == "higgs":
-        if qw.format.dim != 1:
-            raise KernelError(f"{qw.format.name}: no kernel decodes 2-D-grid (v2) HIGGS codes yet; use "
-                              f"higgs{qw.format.bits}g{qw.format.group_size} (1-D grid) to compile")
         # the kernel multiplies rotated activations with the rotated weight, a plain codebook weight
         rotation, qw = qw.format.group_size, qw.rotated_codebook()
     chosen = choose_kernel(qw, target, kernel)

@@ -68,8 +68,9 @@ class QuantizedLinear(torch.nn.Module):
             return self._higgs_weight
         group = fmt.group_size or self.in_features
         scales = self.scales.repeat_interleave(group, dim=1)
-        if self.levels is not None:
-            return scales * self.levels[self.codes.long()]
+        if self.levels is not None:  # a 2-D codebook's code covers two weights: its points are pairs
+            values = self.levels.reshape(-1, fmt.dim)[self.codes.long()]
+            return scales * values.reshape(self.out_features, self.in_features)
         if self.zeros is not None:
             zeros = self.zeros.to(torch.float32).repeat_interleave(group, dim=1)
         else:

@@ -257,11 +257,11 @@ def error_bound(x, qw):
     """
     if qw.format.kind == "higgs":
         return _rotated_error_bound(x, qw)
-    K = qw.codes.shape[1]
+    K = qw.shape[1]
     group = qw.group_size
     scale = np.repeat(np.abs(qw.scales), group, axis=1)
     if qw.format.kind == "codebook":
-        magnitude = scale * np.abs(np.asarray(qw.format.levels, np.float32))[qw.codes]
+        magnitude = scale * np.abs(qw.format.points.astype(np.float32))[qw.codes].reshape(qw.shape)
     else:
         magnitude = scale * (qw.codes + np.repeat(qw.affine_zeros(), group, axis=1))
     u = 2.0 ** -24

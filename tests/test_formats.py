@@ -189,3 +189,41 @@ def test_codebook_levels_are_kept_in_float32():
     fmt = CodebookFormat(1, None, (-0.1, 0.3))
     assert fmt.levels == (float(np.float32(-0.1)), float(np.float32(0.3)))
     assert fmt.name == "cb1[-0.1,0.3]" and parse_format(fmt.name) == fmt
+
+
+CB2D = "cb3g64v2[-1,-1,-1,1,1,-1,1,1,-0.3,0,0.3,0,0,-0.3,0,0.3]"  # 8 points of the plane, 3-bit codes per pair
+
+
+def test_2d_codebook_codes_pairs_and_round_trips():
+    """A 2-D codebook: one code per pair of weights (K / 2 codes), each pair to its nearest point (times the
+    group scale); the name parses back, bits per weight halve the code bits, pack/unpack is exact."""
+    fmt = parse_format(CB2D)
+    assert fmt.dim == 2 and fmt.bits == 3 and parse_format(fmt.name) == fmt
+    assert fmt.bits_per_weight(128) == 1.5 + 16 / 64
+    w = np.random.default_rng(4).standard_normal((5, 128))
+    qw = quantize(w, fmt)
+    assert qw.codes.shape == (5, 64) and qw.shape == (5, 128)
+    pairs = (w.reshape(5, 2, 32, 2) / qw.scales.astype(np.float64)[:, :, None, None]).reshape(-1, 2)
+    distances = ((pairs[:, None, :] - fmt.points[None]) ** 2).sum(axis=2)
+    assert np.array_equal(qw.codes.reshape(-1), distances.argmin(axis=1))
+    scales = np.repeat(qw.scales.astype(np.float64), 64, axis=1)
+    np.testing.assert_array_equal(qw.dequantize(), (scales * fmt.points[qw.codes].reshape(5, 128)).astype(np.float32))
+    again = qw.pack().unpack()
+    assert np.array_equal(again.codes, qw.codes) and again.format == fmt
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: CodebookFormat(2, 64, (0.0, 1.0, 2.0, 3.0), "cb", 2), "give exactly 8"),
+    (lambda: CodebookFormat(2, 7, tuple(range(8)), "cb", 2), "must be even"),
+    (lambda: CodebookFormat(2, 64, tuple(range(8)), "cb", 3), "dimension 3"),
+])
+def test_bad_2d_codebooks_say_what_is_wrong(make, message):
+    with pytest.raises(FormatError, match=message):
+        make()
+
+
+def test_gptq_declines_2d_codebooks():
+    from lowbit.compiler.gptq import gptq_quantize
+
+    with pytest.raises(FormatError, match="codes pairs of columns"):
+        gptq_quantize(np.ones((2, 64)), np.eye(64), CB2D)

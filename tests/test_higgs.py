@@ -52,7 +52,7 @@ def test_2d_grid_beats_the_product_of_1d_grids_on_gaussian_pairs():
         one_d = np.asarray(higgs.lloyd_max_gaussian(bits))
         product = np.stack(np.meshgrid(one_d, one_d, indexing="ij"), -1).reshape(-1, 2)
         grid = higgs.gaussian_grid_2d(bits).astype(np.float64)
-        err = [((pairs - g[higgs._nearest_points(pairs, g)]) ** 2).mean() for g in (product, grid)]
+        err = [((pairs - g[higgs.nearest_points(pairs, g)]) ** 2).mean() for g in (product, grid)]
         assert err[1] < 0.97 * err[0], (bits, err)
 
 
@@ -150,15 +150,21 @@ def test_2d_grid_beats_1d_grid_on_gaussian_weights(bits):
     assert 20 * np.log10(errors[0] / errors[1]) > 0.2, errors
 
 
-def test_rotated_codebook_times_rotated_activations_is_the_layer():
-    qw = quantize(_heavy_tailed(9, 192), "higgs3g64")
+@pytest.mark.parametrize("spec", ["higgs3g64", "higgs2g64v2", "higgs3g64v2"])
+def test_rotated_codebook_times_rotated_activations_is_the_layer(spec):
+    """The kernels' form of a HIGGS weight (a codebook of the rotated groups; 2-D for v2) times the rotated
+    activations is the layer; a 2-D grid's codes keep 2 * bits bits and its points in order."""
+    qw = quantize(_heavy_tailed(9, 192), spec)
     x = np.random.default_rng(6).standard_normal((3, 192))
     inner = qw.rotated_codebook()
-    assert inner.format.kind == "codebook" and inner.format.levels == parse_format("higgs3g64").levels
+    fmt = parse_format(spec)
+    assert inner.format.kind == "codebook" and inner.format.dim == fmt.dim
+    assert inner.format.bits == fmt.bits * fmt.dim and np.array_equal(inner.format.points, fmt.points)
+    assert inner.format.bits_per_weight(192) == fmt.bits_per_weight(192)
     np.testing.assert_allclose(higgs.hadamard_rotate(x, 64) @ inner.dequantize().T.astype(np.float64),
                                x @ qw.dequantize().T.astype(np.float64), rtol=1e-5, atol=1e-5)
-    with pytest.raises(FormatError, match="only 1-D-grid"):
-        quantize(_heavy_tailed(2, 64), "higgs2g64v2").rotated_codebook()
+    with pytest.raises(FormatError, match="not a HIGGS format"):
+        inner.rotated_codebook()
 
 
 @pytest.mark.parametrize("spec, message", [("higgs5g64", "bits=5 is out of range"),
@@ -174,9 +180,12 @@ def test_k_not_a_multiple_of_the_group_is_an_error():
         quantize(np.ones((2, 96)), "higgs4g64")
 
 
-@pytest.mark.parametrize("name, M", [("higgs4g64", 1), ("higgs3g64", 3), ("higgs2g128", 17), ("higgs4g64", 64)])
+@pytest.mark.parametrize("name, M", [("higgs4g64", 1), ("higgs3g64", 3), ("higgs2g128", 17), ("higgs4g64", 64),
+                                     ("higgs2g64v2", 1), ("higgs3g64v2", 5), ("higgs4g128v2", 3),
+                                     ("higgs2g64v2", 64)])
 def test_kernel_rotates_activations_and_matches_the_reference(name, M):
-    """The compiled layer (rotation prologue + codebook decode kernel) against x @ dequant(W)^T + b."""
+    """The compiled layer (rotation prologue + codebook decode kernel; a 2-D grid's code decodes to a pair
+    of weights, 4-, 6- and 8-bit codes) against x @ dequant(W)^T + b, at GEMV and GEMM sizes of M."""
     from lowbit import peers
     from lowbit.compiler.linear import build_linear
 
@@ -223,21 +232,35 @@ def test_kernel_without_the_rotation_is_caught_by_the_check():
         peers.check_result("unrotated", unrotated, x, qw)
 
 
-def test_2d_grid_higgs_has_no_kernel_yet_and_says_so():
-    from lowbit.compiler.linear import build_linear
-    from lowbit.errors import KernelError
+def test_2d_grid_kernel_pairs_each_code_with_its_two_activations():
+    """Swapping the two coordinates of every 2-D point (a decode that reads the pair in the wrong order) must
+    fail the check: the test above would not notice a kernel that ignores the point's second coordinate."""
+    import dataclasses
 
-    with pytest.raises(KernelError, match="2-D-grid"):
-        build_linear(quantize(_heavy_tailed(8, 128), "higgs2g64v2"))
+    from lowbit import peers
+    from lowbit.compiler.formats import QuantizedWeight
+    from lowbit.compiler.linear import build_linear
+
+    qw = quantize(_heavy_tailed(16, 128), "higgs2g64v2")
+    inner = qw.rotated_codebook()
+    swapped_points = inner.format.points[:, ::-1]
+    swapped = QuantizedWeight(dataclasses.replace(inner.format, levels=tuple(swapped_points.reshape(-1))),
+                              inner.codes, inner.scales)
+    x = np.random.default_rng(3).standard_normal((2, 128)).astype(np.float32)
+    rotated_x = higgs.hadamard_rotate(x, 64).astype(np.float32)
+    peers.check_result("2-D codebook", build_linear(inner, kernel="decode").run(rotated_x), rotated_x, inner)
+    with pytest.raises(AssertionError, match="differs"):
+        peers.check_result("swapped", build_linear(swapped, kernel="decode").run(rotated_x), rotated_x, inner)
 
 
 def test_mixed_precision_model_compiles_saves_loads_and_matches_its_reference(tmp_path):
-    """One artifact, one format per layer (HIGGS, uniform 2-bit, ternary), against float64 NumPy."""
+    """One artifact, one format per layer (HIGGS 1-D and 2-D grids, uniform 2-bit, ternary), against float64
+    NumPy."""
     import lowbit
     from lowbit.compiler.graph import Activation, QuantizedLinear, Sequential
 
     rng = np.random.default_rng(11)
-    widths, formats = [128, 192, 128, 64], ["higgs3g64", "w2g64", "ternaryg64"]
+    widths, formats = [128, 192, 128, 128, 64], ["higgs3g64", "w2g64", "higgs2g64v2", "ternaryg64"]
     layers = []
     for index, (K, N, fmt) in enumerate(zip(widths, widths[1:], formats)):
         qw = quantize(rng.standard_t(4, (N, K)) / np.sqrt(K), fmt)

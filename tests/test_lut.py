@@ -6,7 +6,7 @@ import pytest
 
 from kernel_data import row_scaled_activations, row_scaled_weight
 from lowbit.compiler.dispatch import Bucket
-from lowbit.compiler.formats import quantize
+from lowbit.compiler.formats import CodebookFormat, parse_format, quantize
 from lowbit.compiler.intrinsics import x86_lut
 from lowbit.compiler.kernels_lut import reference, table_rounding_bound
 from lowbit.compiler.layout import LutParams, relayout_lut
@@ -21,10 +21,17 @@ HOST = host_target()
 HOST_ISA = x86_lut.isa_for(HOST.features)
 ONE_BUCKET = (Bucket(1, None),)  # one function for every M: a quarter of the compile time of the default four
 
+CB2 = "cb2g64[-1.5,-0.45,0.45,1.5]"  # a 2-bit codebook: two codes per 4-bit table index
+CB1 = "cb1g32[-0.7,1.3]"  # four 1-bit codes per index
+CB3 = "cb3g64[-2.2,-1.2,-0.6,-0.2,0.2,0.6,1.2,2.2]"  # one 3-bit code per index (entries 8-15 unused)
+V2 = parse_format("higgs2g64v2").points  # a 2-D codebook: one 4-bit code per pair of weights
+CB4V2 = CodebookFormat(4, 64, tuple(V2.reshape(-1)), "cb", 2).name
+CB2V2 = CodebookFormat(2, 32, (-1.0, -0.2, 0.6, -0.9, 0.1, 1.0, -0.5, 0.4), "cb", 2).name  # 2 pairs per index
 CASES = [  # (format, g, table bits): bits 1..4, ternary, codebooks; g 2 and 4; int8 and exact int16 tables
     ("w1g64", 4, 8), ("w2g64", 4, 8), ("w3g128", 4, 8), ("w4g128", 4, 8), ("w4g128s", 4, 8), ("ternary", 4, 8),
-    ("ternaryg128", 4, 8), ("nf4g64", 4, 8), ("fp4g32", 4, 8),
-    ("w2g64", 4, 16), ("w4g128", 4, 16), ("ternary", 4, 16), ("nf4g64", 4, 16),
+    ("ternaryg128", 4, 8), ("nf4g64", 4, 8), ("fp4g32", 4, 8), (CB2, 4, 8), (CB1, 4, 8), (CB4V2, 4, 8),
+    (CB2V2, 4, 8), (CB3, 4, 8),
+    ("w2g64", 4, 16), ("w4g128", 4, 16), ("ternary", 4, 16), ("nf4g64", 4, 16), (CB2, 4, 16), (CB4V2, 4, 16), (CB3, 4, 16),
     ("w1g64", 2, 8), ("w3g128", 2, 8), ("ternary", 2, 8), ("w2g64", 2, 16), ("ternaryg128", 2, 16),
 ]
 
@@ -49,7 +56,7 @@ def _target_without(*features):
     return resolve_target(dict(HOST.target, features=sorted(HOST.features - set(features))))
 
 
-@pytest.mark.parametrize("name,group,table_bits", CASES, ids=[f"{n}-g{g}-t{t}" for n, g, t in CASES])
+@pytest.mark.parametrize("name,group,table_bits", CASES, ids=[f"{n[:12]}-g{g}-t{t}" for n, g, t in CASES])
 def test_lut_kernel_matches_reference(name, group, table_bits):
     params = LutParams(group, table_bits)
     qw = quantize(_weight(hash(name) % 1000), name)
@@ -86,7 +93,7 @@ def test_intrinsic_equals_its_description(isa):
     if x86_lut.isa_for(target.features) != isa:
         pytest.skip(f"host cannot run the {isa} path")
     rng = np.random.default_rng(3)
-    for name in ("w2g64", "w3g128", "nf4g64"):  # plane pairs (vpmaddubsw), single planes, codebook codes
+    for name in ("w2g64", "w3g128", "nf4g64", CB4V2):  # plane pairs (vpmaddubsw), single planes, codebook codes
         qw = quantize(_weight(5), name)
         layout, arrays = relayout_lut(qw, x86_lut.VECTOR_BYTES[isa])
         inputs = [tensor(rng.standard_normal((3, K)).astype(np.float32))] + [tensor(a) for a in arrays.values()]
@@ -134,6 +141,9 @@ def test_formats_without_planes_or_with_odd_groups_are_clear_errors():
         build_linear(quantize(_weight(4), "w2g6"), target=HOST, kernel="lut")
     with pytest.raises(ValueError, match="use group 2 or 4"):
         LutParams(group=3)
+    with pytest.raises(KernelError, match="6-bit codes; lut codebook tables are indexed by 4 bits"):
+        choose_kernel(quantize(_weight(4), "higgs3g64v2").rotated_codebook(), HOST, "lut")
+    assert choose_kernel(quantize(_weight(4), "higgs3g64v2").rotated_codebook(), HOST, "auto") == "decode"
 
 
 def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):
@@ -162,10 +172,11 @@ def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):
 
 
 @pytest.mark.parametrize("name,expected", [("ternary", "lut"), ("w1g64", "lut"), ("nf4g64", "lut"), ("fp4g32", "lut"),
+                                           (CB2, "lut"), (CB3, "lut"), (CB4V2, "lut"),
                                            ("w2g64", "lut"), ("w4g128", "a8"), ("w3g128", "a8")])
 def test_auto_picks_lut_where_it_measured_fastest(name, expected):
-    """The choice of docs/design.md (measured at M=1): lut for ternary, 1-2 bits and 4-bit codebooks; a8
-    for 3-8 bits. Without a byte shuffle (no AVX2) auto never picks the portable lut."""
+    """The choice of docs/design.md (measured at M=1): lut for ternary, 1-2 bits and codebooks of up to
+    4-bit codes; a8 for 3-8 bits. Without a byte shuffle (no AVX2) auto never picks the portable lut."""
     qw = quantize(_weight(8), name)
     if HOST_ISA is None or expected == "a8" and choose_kernel(qw, HOST, "auto") == "decode":
         pytest.skip("host lacks the instructions of the measured choice")
@@ -217,6 +228,6 @@ def test_default_tiles_keep_the_accumulators_in_half_the_registers():
     def tiles(name, vector_bytes, N=14336):
         return default_tiles(lut_layout(parse_format(name), N, 4096, vector_bytes))
 
-    assert [tiles(n, 64) for n in ("w2g64", "ternary", "nf4g64", "w3g128")] == [4, 4, 4, 1]  # AVX-512
+    assert [tiles(n, 64) for n in ("w2g64", "ternary", "nf4g64", "w3g128", CB4V2)] == [4, 4, 4, 1, 4]  # AVX-512
     assert [tiles(n, 32) for n in ("w2g64", "ternary", "nf4g64", "w3g128")] == [2, 2, 2, 1]  # AVX2
     assert tiles("w2g64", 64, N=1024) == 1  # 8 row tiles: more per iteration leaves too few parallel ones

@@ -222,6 +222,21 @@ def test_a_lut_workload_tunes_and_compile_follows_its_log(tmp_path):
         assert plan.source == "default" and plan.config == default_plan(linear.layout, M1)[1]
 
 
+def test_higgs_workloads_tune_their_rotated_codebook_kernel(tmp_path):
+    """A HIGGS layer runs a codebook kernel (2-D for v2) after the rotation: the tuner times that kernel, and
+    its records fit the compiled HIGGS layer (not a uniform 2-bit one of the same size)."""
+    log = tmp_path / "log"
+    (result,) = tuner.tune(tuner.tasks_for([(1, 128, 256)], "higgs2g64v2"), kernel="decode", trials=2, log=log,
+                           repeat=2, llc=1 << 16, progress=False)
+    assert result.measured >= 2 and result.failed == 0
+    linear = build_linear(quantize(np.random.default_rng(1).standard_normal((128, 256)), "higgs2g64v2"),
+                          kernel="decode", tuning_log=log)
+    assert linear.layout.decode == "codebook" and linear.layout.dim == 2 and linear.layout.bits == 4
+    assert space.layout_key("higgs2g64v2", "decode", 256) == space._layout_signature(linear.layout)
+    assert space.layout_key("w4g64", "decode", 256) != space._layout_signature(linear.layout)
+    assert space.layout_key("higgs4g64", "lut", 256)[-1] == 1 and space.layout_key("higgs2g64v2", "lut", 256)[-1] == 2
+
+
 def test_decode_rules_build_m_tile_1_for_a_dynamic_bucket():
     """Regression: fusing the symbolic M loop with the tile loop broke decompose_reduction for m_tile=1."""
     qw = quantize(np.random.default_rng(0).standard_normal((40, 256)), "w4g128")

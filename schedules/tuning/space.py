@@ -104,15 +104,17 @@ def config_from_record(record):
 @functools.lru_cache(maxsize=256)
 def layout_key(format_name, kernel, K):
     """(code storage bits, group size, decode kind) of a format under a kernel family: equal keys, same code."""
-    from lowbit.compiler.formats import parse_format
+    from lowbit.compiler.formats import kernel_format
     from lowbit.compiler.intrinsics.x86_dot import storage_bits
 
-    fmt = parse_format(format_name)
+    fmt = kernel_format(format_name)  # HIGGS: the kernels run its rotated form, a codebook (2-D for v2)
+    dim = getattr(fmt, "dim", 1)
     if kernel == "a8":
         return storage_bits(fmt.bits), fmt.group_size or K, "a8"
     if kernel == "lut":
-        return fmt.bits, fmt.group_size or K, "lut", "codebook" if fmt.kind == "codebook" else "uniform"
-    return fmt.bits, fmt.group_size or K, "codebook" if fmt.kind == "codebook" else "affine"
+        return fmt.bits, fmt.group_size or K, "lut", "codebook" if fmt.kind == "codebook" else "uniform", dim
+    return fmt.bits, fmt.group_size or K, "codebook" if fmt.kind == "codebook" else "affine", dim
+
 
 
 def record_fits(record, layout, bucket):
@@ -127,12 +129,12 @@ def record_fits(record, layout, bucket):
 def _layout_signature(layout):
     """What :func:`layout_key` says of a format, read off a built layout (None: no record applies)."""
     if layout.decode != "lut":
-        return layout.bits, layout.group_size, layout.decode
+        return (layout.bits, layout.group_size, layout.decode) + (() if layout.decode == "a8" else (layout.dim,))
     from lowbit.compiler.layout import LutParams
 
     if layout.params != LutParams():
         return None
-    return layout.bits, layout.group_size, "lut", layout.kind
+    return layout.bits, layout.group_size, "lut", layout.kind, layout.dim
 
 
 def tuned_plan(database, layout, bucket, default_rule, default_config):

@@ -88,7 +88,8 @@ class CandidateBuilder:
         self.qw, self.M, self.target = qw, M, target
         self.kernel, self.layout, self.arrays = prepare_layer(qw, None, target, kernel)
         self.bucket = bucket_for(M)
-        x = np.random.default_rng([M, qw.codes.shape[1], 1]).standard_normal((M, qw.codes.shape[1]))
+        K = qw.shape[1]
+        x = np.random.default_rng([M, K, 1]).standard_normal((M, K))
         self.x = x.astype(np.float32)
         x_used = bench.kernel_activations(self.kernel, self.x, qw)
         self.reference = bench.kernel_reference(self.kernel, x_used, qw, qw.dequantize())
@@ -260,23 +261,26 @@ class WorkloadJob:
     """One workload of a tuning run: its candidates, what the log has, the search loop."""
 
     def __init__(self, shape, fmt, kernel, target, database):
+        from lowbit.compiler.formats import kernel_format
         from lowbit.compiler.layout import KernelLayout, lut_layout
         from lowbit.compiler.linear import choose_kernel, lut_vector_bytes
 
         self.M, self.N, self.K = shape
         self.target, self.database, self.fmt = target, database, fmt
-        probe = _ShapeOnly(fmt, self.N, self.K)
+        # HIGGS: the kernel is its rotated codebook's (the rotation prologue is not part of the tuned kernel)
+        self.kernel_fmt = kernel_format(fmt)
+        probe = _ShapeOnly(self.kernel_fmt, self.N, self.K)
         self.kernel = choose_kernel(probe, target, kernel)
         self.bucket = bucket_for(self.M)
         group = fmt.group_size or self.K
         if self.K % group:
             raise InputError(f"K={self.K} is not a multiple of {fmt.name}'s group size {group}: pick K or the format")
         if self.kernel == "lut":
-            self.layout = lut_layout(fmt, self.N, self.K, lut_vector_bytes(target))
+            self.layout = lut_layout(self.kernel_fmt, self.N, self.K, lut_vector_bytes(target))
         else:
-            bits, _, decode = tuning_space.layout_key(fmt.name, self.kernel, self.K)
+            bits, _, decode, *dim = tuning_space.layout_key(fmt.name, self.kernel, self.K)
             self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
-                                       decode=decode)
+                                       decode=decode, dim=dim[0] if dim else 1)
         self.workload = tuning_records.make_workload(self.N, self.K, fmt.name, self.kernel, self.bucket.key)
         self.candidates = self._ordered_space()
 
@@ -307,7 +311,7 @@ class WorkloadJob:
         """The seeded QuantizedWeight this workload is timed with."""
         from lowbit.compiler.formats import quantize
 
-        return quantize(seeded_weight(self.N, self.K), self.fmt)
+        return quantize(seeded_weight(self.N, self.K), self.kernel_fmt)
 
     def describe(self):
         """``M,N,K format kernel bucket``: the workload as the progress bar names it."""
