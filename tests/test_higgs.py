@@ -278,3 +278,22 @@ def test_mixed_precision_model_compiles_saves_loads_and_matches_its_reference(tm
     # fp32 dot products of at most 192 terms of O(1) values: relative error a few 1e-6 per layer
     np.testing.assert_allclose(loaded(x), h, rtol=1e-4, atol=1e-4 * np.abs(h).max())
     np.testing.assert_array_equal(loaded(x), compiled(x))
+
+
+def test_flipping_column_signs_is_rotating_with_other_signs():
+    """benchmarks/quality_attribution.py measures other rotation draws by flipping the weight's columns with
+    ``s * s'`` (``s`` the format's signs): ``T_s(s s' v) = H (s' v) / sqrt(g)``, and the flips undo exactly."""
+    group = 64
+    other = np.where(np.random.default_rng(11).integers(0, 2, group) == 1, 1.0, -1.0)
+    flips = np.tile(other * higgs.rotation_signs(group), 2)
+    w = _heavy_tailed(5, 2 * group, seed=12)
+    expected = higgs.fwht((w * np.tile(other, 2)).reshape(5, 2, group)).reshape(5, -1) / np.sqrt(group)
+    np.testing.assert_allclose(higgs.hadamard_rotate(w * flips, group), expected, atol=1e-12)
+    shipped, drawn = quantize(w, "higgs2g64"), quantize(w * flips, "higgs2g64")
+
+    def sqnr(approx):
+        return 20 * np.log10(np.linalg.norm(w) / np.linalg.norm(w - approx))
+
+    # undone flips give an error of the shipped draw's size (left in place they would give about -3 dB)
+    assert abs(sqnr(drawn.dequantize() * flips) - sqnr(shipped.dequantize())) < 1.0
+    assert not np.array_equal(shipped.codes, drawn.codes)  # another draw rounds differently
