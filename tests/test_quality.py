@@ -67,6 +67,34 @@ def test_default_candidates_let_a_sensitive_layer_go_above_4_bits():
     assert formats[0] in ("w5g64", "w6g64", "w8g64") and formats[1].startswith(("w2", "higgs2")), formats
 
 
+def test_calibrated_choice_weighs_each_layer_format_by_its_measured_end_to_end_error():
+    """With ``run`` every (layer, format) cell holds the model output's relative squared error with that layer
+    alone quantized, and the choice minimises their sum. Here the second layer reads only half of the first
+    layer's outputs: errors in the other half do not count, which only the end-to-end measure sees."""
+    from lowbit.compiler.formats import quantize
+
+    rng = np.random.default_rng(8)
+    weights = [rng.standard_normal((128, 64)), rng.standard_normal((32, 128))]
+    weights[1][:, 64:] = 0.0  # hidden units 64..127 are never read
+    x = rng.standard_normal((48, 64))
+
+    def run(ws):
+        return (x @ np.asarray(ws[0]).T) @ np.asarray(ws[1]).T
+
+    candidates = ["w2g64", "w4g64"]
+    formats, alloc, table = quality.choose_formats(weights, candidates, 3.3, [x, x @ weights[0].T], run)
+    reference = run(weights)
+    for index, row in enumerate(table):
+        for cell in row:
+            substituted = list(weights)
+            substituted[index] = quantize(weights[index], cell.format).dequantize()
+            expected = ((run(substituted) - reference) ** 2).sum() / (reference ** 2).sum()
+            assert cell.end_to_end_error == pytest.approx(expected, rel=1e-9)
+    picked = [next(c for c in row if c.format == f) for row, f in zip(table, formats)]
+    assert alloc.predicted_error == pytest.approx(sum(c.end_to_end_error for c in picked))
+    assert all(c.end_to_end_error is None for row in quality.measure_layers(weights, candidates) for c in row)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda x: x[:0], "non-empty"), (lambda x: x[:, :10], "10 features")])
 def test_bad_calibration_inputs_are_errors(mlp, make, message):
