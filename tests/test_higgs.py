@@ -198,17 +198,19 @@ def test_kernel_rotates_activations_and_matches_the_reference(name, M):
     peers.check_result(name, layer.run(x) - bias, x, qw)
 
 
-@pytest.mark.parametrize("M", [1, 20])
-def test_lut_kernel_rotates_activations(M):
-    """4-bit HIGGS is a 4-bit codebook after rotation: the table-lookup kernel runs it, behind the same
-    rotation prologue. Its int8 tables cost 1-2% relative error; a missing rotation costs ~100%."""
+@pytest.mark.parametrize("name, M", [("higgs4g64", 1), ("higgs4g64", 20), ("higgs3g64", 1), ("higgs2g64", 20),
+                                     ("higgs2g64v2", 1), ("higgs2g128v2", 20)])
+def test_lut_kernel_rotates_activations(name, M):
+    """After rotation a HIGGS weight is a codebook with codes of up to 4 bits (1-D grids; the 2-bit 2-D grid's
+    4-bit pair codes): auto runs it through the table-lookup kernel, behind the same rotation prologue. Its
+    int8 tables cost 1-2% relative error; a missing rotation costs ~100%."""
     from lowbit.compiler.intrinsics import x86_lut
     from lowbit.compiler.linear import build_linear
     from lowbit.compiler.target import resolve_target
 
     if x86_lut.isa_for(resolve_target("cpu").features) is None:
         pytest.skip("no byte shuffle (AVX2) on this host: the lut kernel is the portable one, tested in test_lut")
-    qw = quantize(_heavy_tailed(48, 256, seed=M), "higgs4g64")
+    qw = quantize(_heavy_tailed(48, 256, seed=M), name)
     layer = build_linear(qw, kernel="auto")
     assert layer.kernel == "lut" and "R" in layer.arrays
     x = np.random.default_rng(M).standard_normal((M, 256)).astype(np.float32)
