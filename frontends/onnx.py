@@ -43,7 +43,7 @@ class QuantizedLinearSpec:
     @property
     def shape(self):
         """(N, K)."""
-        return self.weight.codes.shape
+        return self.weight.shape
 
 
 @dataclasses.dataclass
@@ -119,7 +119,7 @@ def _rewrite(proto, graph, matches):
     by_anchor, replaced, quantized, new_inputs, layer_names = {}, set(), {}, [], set()
     for match in matches:
         param = _fresh(f"{WEIGHT_PREFIX}{len(quantized)}", taken)
-        N, K = match.weight.codes.shape
+        N, K = match.weight.shape
         new_inputs.append(helper.make_tensor_value_info(param, TensorProto.FLOAT, [K, N]))
         quantized[param] = QuantizedLinearSpec(_fresh(match.node.name, layer_names), match.weight, match.pattern)
         last = max(match.replaced, key=graph.nodes.index)

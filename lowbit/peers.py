@@ -217,10 +217,10 @@ def ort_peer(x, qw, copies, threads=None, accuracy_level=4):
     ``accuracy_level`` 4 lets onnxruntime quantize A to int8 per block (its fast path); 0 computes in fp32.
     Returns ``None`` where MatMulNBits cannot represent the format (see :func:`ort_unsupported_reason`).
     """
-    if not hasattr(qw, "format") or ort_unsupported_reason(qw.format, qw.codes.shape[1]) is not None:
+    if not hasattr(qw, "format") or ort_unsupported_reason(qw.format, qw.shape[1]) is not None:
         return None
     x = np.ascontiguousarray(x, dtype=np.float32)
-    y = np.empty((x.shape[0], qw.codes.shape[0]), np.float32)
+    y = np.empty((x.shape[0], qw.shape[0]), np.float32)
     model_bytes = matmulnbits_model(qw, accuracy_level).SerializeToString()
     calls = []
     for _ in range(copies):

@@ -163,3 +163,25 @@ def test_cli_compile_budget_quality_and_inspect(rng, tmp_path):
                cwd=tmp_path)
     assert bad.returncode != 0 and "below the smallest" in bad.stderr
     assert not (tmp_path / "bad.lowbit").exists()
+
+
+def test_torch_model_with_2d_grid_layers_compiles_and_matches_eager(rng):
+    """2-D-grid HIGGS through the whole-model pipeline (torch.export -> Relax -> kernels): a 2-bit grid runs the
+    lut kernel (4-bit pair codes), a 3-bit one the decode kernel (6-bit codes); the layers' K is the weight's,
+    not the code count's (K / 2)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 96), torch.nn.ReLU(), torch.nn.Linear(96, 64))
+    from lowbit.frontends.torch_quantize import QuantizedLinear
+
+    quantized = model
+    for index, fmt in ((0, "higgs2g64v2"), (2, "higgs3g32v2")):
+        quantized[index] = QuantizedLinear.from_linear(model[index], lowbit.parse_format(fmt))
+    x = torch.randn(5, 128)
+    y = quantized(x).detach().numpy()
+    compiled = lowbit.compile(quantized, (x,), target="cpu")
+    layers = compiled.manifest["layers"]
+    assert [(layer["N"], layer["K"], layer["kernel"]) for layer in layers] == [(96, 128, "lut"), (64, 96, "decode")]
+    out = compiled(x.numpy())
+    # lut layers quantize activations to int8 (about 1-2% relative): a wrong pairing or K errs by ~100%
+    assert np.linalg.norm(out - y) / np.linalg.norm(y) < 0.05

@@ -126,7 +126,7 @@ class LowerQuantizedMatmul:
         chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, self.kernel)
         gvar, plans = add_linear_functions(builder.add_func, layout, arrays, False, self.target,
                                            name=f"layer{index}_mpgemm", tuning_log=self.tuning_log)
-        N, K = layer.weight.codes.shape
+        N, K = layer.weight.shape
         names = [f"{layer.name}.{key}" for key in arrays]
         param_vars = [relax.Var(f"layer{index}_{key}", relax.TensorType(array.shape, str(array.dtype)))
                       for key, array in arrays.items()]

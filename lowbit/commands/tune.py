@@ -70,7 +70,7 @@ def model_tasks(path, format_name, rows):
     if not imported.quantized:
         raise InputError(f"{path} has no quantized MatMul / Gemm lowbit recognises: pass --format NAME to "
                          "quantize its float weights")
-    layers = sorted({(spec.weight.codes.shape, spec.weight.format.name) for spec in imported.quantized.values()})
+    layers = sorted({(spec.weight.shape, spec.weight.format.name) for spec in imported.quantized.values()})
     return [TuneTask(M, N, K, name) for (N, K), name in layers for M in rows]
 
 
