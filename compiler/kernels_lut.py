@@ -35,7 +35,7 @@ import types
 
 import numpy as np
 
-from lowbit.compiler.intrinsics.x86_lut import ENTRIES, lookup_term, nibble, paired_lookup_term
+from lowbit.compiler.intrinsics.x86_lut import ENTRIES, lookup_term, nibble, paired_lookup_term, table_index
 from lowbit.compiler.kernels import F32
 from lowbit.compiler.kernels_a8 import INT8_MAX, quantize_activations, quantize_activations_reference
 from lowbit.compiler.layout import lut_indices, lut_points, relayout_lut
@@ -125,7 +125,7 @@ def _tables(xq, amax, layout, M, LV):
         entry, scale = _bit_serial_tables(xq, amax, layout, M)
     else:
         entry, scale = _codebook_tables(xq, amax, layout, LV)
-    TQ = te.compute((M, layout.n_table_groups, layout.chunks, layout.table_bytes, ENTRIES), entry, name="TQ")
+    TQ = te.compute((M, layout.n_table_groups, layout.chunks, layout.table_bytes, layout.entries), entry, name="TQ")
     TS = te.compute((M, layout.n_table_groups), scale, name="TS")
     return TQ, TS
 
@@ -138,13 +138,14 @@ def _lookups(W, TQ, layout, M, lookup):
     groups = layout.planes // 2 if layout.paired else layout.planes
     shape = (M, layout.n_tiles, layout.n_table_groups, layout.table_bytes, groups) + layout.row_shape
     c = te.reduce_axis((0, layout.chunks), name="c")
-    e = te.reduce_axis((0, ENTRIES), name="e")
+    e = te.reduce_axis((0, layout.entries), name="e")
     if not layout.paired:
         if lookup == "gather":
             return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
-                TQ[m, t, c, byte, nibble(W[nt, t, c, b, i], s)].astype("int16"), axis=c), name="ACC")
+                TQ[m, t, c, byte, table_index(W[nt, t, c, b, i], s, layout.wide)].astype("int16"), axis=c),
+                name="ACC")
         return te.compute(shape, lambda m, nt, t, byte, b, s, i: te.sum(
-            lookup_term(W[nt, t, c, b, i], s, e, TQ[m, t, c, byte, e]), axis=[c, e]), name="ACC")
+            lookup_term(W[nt, t, c, b, i], s, e, TQ[m, t, c, byte, e], layout.wide), axis=[c, e]), name="ACC")
     p = te.reduce_axis((0, 2), name="p")
     if lookup == "gather":
         return te.compute(shape, lambda m, nt, t, byte, q, v, s, j: te.sum(
@@ -182,7 +183,7 @@ def lut_compute(layout, M, has_bias, lookup="select"):
     if layout.has_zeros:
         third = te.placeholder((layout.n_tiles, layout.n_groups, R), "uint8", name="Z")
     elif layout.kind == "codebook":
-        third = te.placeholder((ENTRIES * layout.per_chunk,), F32, name="LV")
+        third = te.placeholder((layout.entries * layout.per_chunk,), F32, name="LV")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     Xp = te.compute((M, layout.n_table_groups, TG), lambda m, t, k: X[m, t * TG + k], name="Xp")
     amax, xq, xsum = quantize_activations(Xp, M, types.SimpleNamespace(n_groups=layout.n_table_groups,
@@ -229,6 +230,7 @@ def lut_compute(layout, M, has_bias, lookup="select"):
     Y = te.compute((M, layout.N), output, name="Y")
     func = te.create_prim_func([X, W, S] + [a for a in (third, B) if a is not None] + [Y])
     return func.with_attrs({"lowbit.lut_lookup": lookup, "lowbit.lut_vector_bytes": layout.vector_bytes,
+                            "lowbit.lut_entries": layout.entries,
                             "lowbit.lut_tiles": layout.n_tiles, "lowbit.lut_chunks": layout.chunks})
 
 
@@ -262,7 +264,7 @@ def tables_reference(x, layout, levels=None):
             ts = xs.astype(np.float64)
     else:
         multiplier = f32(1.0 if layout.params.table_bits == 8 else 256.0)
-        points = np.asarray(levels, f32).reshape(ENTRIES, layout.per_chunk)
+        points = np.asarray(levels, f32).reshape(layout.entries, layout.per_chunk)
         wide = f32 if layout.per_chunk == 1 else np.float64  # as the kernel: a sum of products exact in float64
         total = sum(points[:, j].astype(wide) * xq[..., j, None].astype(wide) for j in range(layout.per_chunk))
         product = np.round(total * wide(multiplier)).astype(np.int64)
@@ -297,13 +299,13 @@ def _lookup_sums(tq, indices, layout):
     """``sum_{byte, b} 256^byte 2^b sum_c TQ[m, t, c, byte, index_b[n, t, c]]`` (M, N, TGn), as one matmul per
     (plane, table group, byte) against the one-hot of the indices: memory stays O(N * C * 16) whatever M.
     The sums are integers below 2**24, exact in float32."""
-    M, C = tq.shape[0], layout.chunks
+    M, C, E = tq.shape[0], layout.chunks, layout.entries
     total = np.zeros((M, layout.N, layout.n_table_groups))
     for b, index in enumerate(indices):
         for t in range(layout.n_table_groups):
-            one_hot = (index[:, t, :, None] == np.arange(ENTRIES)).astype(np.float32).reshape(layout.N, C * ENTRIES)
+            one_hot = (index[:, t, :, None] == np.arange(E)).astype(np.float32).reshape(layout.N, C * E)
             for byte in range(layout.table_bytes):
-                table = tq[:, t, :, byte, :].reshape(M, C * ENTRIES).astype(np.float32)
+                table = tq[:, t, :, byte, :].reshape(M, C * E).astype(np.float32)
                 total[:, :, t] += 2.0 ** b * 256.0 ** byte * (table @ one_hot.T)
     return total
 

@@ -233,8 +233,8 @@ class LutLayout(_RowTiles):
 
     @property
     def codes_per_index(self):
-        """Codebook codes packed into one 4-bit table index."""
-        return 4 // self.bits if self.kind == "codebook" else 1
+        """Codebook codes packed into one table index (several only below 4 bits)."""
+        return max(1, 4 // self.bits) if self.kind == "codebook" else 1
 
     @property
     def has_zeros(self):
@@ -242,8 +242,28 @@ class LutLayout(_RowTiles):
         return self.kind == "uniform" and self.fixed_zero is None
 
     @property
+    def wide(self):
+        """Codebook codes of 5-8 bits: one whole-byte index per row (a 64- or 256-entry table, looked up with
+        ``vpermb`` / ``vpermi2b``), instead of two 4-bit indices per byte."""
+        return self.kind == "codebook" and self.bits > 4
+
+    @property
+    def index_bits(self):
+        """Bits of one table index: 4, or for wide codebooks 6 (codes of 5-6 bits) or 8 (7-8 bits)."""
+        return 4 if not self.wide else 6 if self.bits <= 6 else 8
+
+    @property
+    def entries(self):
+        """Entries of one table (``2 ** index_bits``)."""
+        return 1 << self.index_bits
+
+    @property
+    def rows_per_byte(self):
+        return 1 if self.wide else 2
+
+    @property
     def vector_bytes(self):
-        return self.lanes // 2
+        return self.lanes // self.rows_per_byte
 
     @property
     def planes(self):
@@ -280,7 +300,7 @@ class LutLayout(_RowTiles):
     def row_shape(self):
         """A tile's rows as the kernel indexes them: ``(nibble, byte)`` = (2, lanes/2), or paired
         ``(vector, nibble, byte pair)`` = (2, 2, lanes/4)."""
-        return (2, 2, self.vector_bytes // 2) if self.paired else (2, self.vector_bytes)
+        return (2, 2, self.vector_bytes // 2) if self.paired else (self.rows_per_byte, self.vector_bytes)
 
     @property
     def chunks(self):
@@ -312,11 +332,11 @@ def lut_unsupported(qw, params):
     """Why ``qw`` has no ``lut`` layout (a sentence), or None."""
     fmt = qw.format
     group = fmt.group_size or qw.shape[1]
-    if fmt.kind == "codebook" and fmt.bits > 4:
-        return (f"{fmt.name} has {fmt.bits}-bit codes; lut codebook tables are indexed by 4 bits: one code of "
-                "3 or 4 bits, two 2-bit or four 1-bit codes (use decode)")
-    if fmt.kind == "codebook" and group % (fmt.dim * 4 // fmt.bits):
-        return f"group size {group} is not a multiple of the {fmt.dim * 4 // fmt.bits} weights of one table index"
+    if fmt.kind == "codebook" and fmt.bits > 8:
+        return f"{fmt.name} has {fmt.bits}-bit codes; lut tables have at most 256 entries (use decode)"
+    per_index = fmt.dim * max(1, 4 // fmt.bits) if fmt.kind == "codebook" else 1
+    if fmt.kind == "codebook" and group % per_index:
+        return f"group size {group} is not a multiple of the {per_index} weights of one table index"
     if fmt.kind != "codebook" and fmt.bits > 4:
         return f"{fmt.name} has {fmt.bits} bit planes; lut supports 1..4 bits (use a8 for more)"
     if fmt.kind != "codebook" and group % params.group:
@@ -329,7 +349,8 @@ def lut_layout(fmt, N, K, vector_bytes, params=LutParams()):
     alone (the tuner sizes a layer's kernels before any weight exists)."""
     kind = "codebook" if fmt.kind == "codebook" else "uniform"
     fixed_zero = implicit_zero(fmt) if kind == "uniform" and not fmt.has_zeros else None
-    return LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=2 * vector_bytes,
+    rows_per_byte = 1 if kind == "codebook" and fmt.bits > 4 else 2
+    return LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=rows_per_byte * vector_bytes,
                      kind=kind, params=params, fixed_zero=fixed_zero, dim=getattr(fmt, "dim", 1))
 
 
@@ -339,7 +360,13 @@ def lut_points(fmt):
     code's index never exceeds 7, entries 8-15 repeat 0-7),
     divided by ``peak``, the largest ``sum_j |point_j|`` (so every table entry ``sum_j point_j xq_j`` of int8
     activations stays within int8)."""
-    per_index = 4 // fmt.bits
+    per_index = max(1, 4 // fmt.bits)
+    if fmt.bits > 4:  # a whole-byte index: the code itself, the table padded to 64 or 256 entries with zeros
+        entries = 64 if fmt.bits <= 6 else 256
+        points = np.zeros((entries, fmt.dim))
+        points[:1 << fmt.bits] = fmt.points
+        peak = np.abs(points).sum(axis=1).max()
+        return points / peak, peak
     entries = np.arange(16)
     codes = (entries[:, None] >> (fmt.bits * np.arange(per_index))) & ((1 << fmt.bits) - 1)  # (16, per_index)
     points = fmt.points[codes].reshape(16, per_index * fmt.dim)
@@ -402,6 +429,8 @@ def _index_bytes(index, layout):
     plane pair ``q``, byte ``2j + p`` holds plane ``2q + p`` of rows ``v*lanes/2 + j`` (low nibble) and
     ``v*lanes/2 + lanes/4 + j`` (high).
     """
+    if layout.wide:
+        return np.ascontiguousarray(index)
     if not layout.paired:
         low, high = np.split(index, 2, axis=-1)
         return np.ascontiguousarray(low | (high << 4))

@@ -52,12 +52,14 @@ def a8_unsupported(qw, target):
 
 
 def lut_preferred(qw, target):
-    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit uniform and every codebook it
-    runs (codes of up to 4 bits, 2-D ones included) on hosts with a byte shuffle (AVX2 / AVX-512BW), where it
-    measured fastest at M=1 (docs/design.md; a codebook's decode gathers its levels per weight)."""
+    """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit uniform and every codebook on
+    hosts with a byte shuffle (AVX2 / AVX-512BW; codebooks of 5-8-bit codes, 2-D ones included, need AVX-512
+    VBMI's byte permutes), where it measured fastest at M=1 (docs/design.md; a codebook's decode gathers its
+    levels per weight)."""
     fmt = qw.format
     wanted = fmt.kind in ("ternary", "codebook") or fmt.kind == "uniform" and fmt.bits <= 2
-    return wanted and x86_lut.isa_for(target.features) is not None and lut_unsupported(qw, LutParams()) is None
+    isa = (x86_lut.wide_isa_for if _wide_codebook(fmt) else x86_lut.isa_for)(target.features)
+    return wanted and isa is not None and lut_unsupported(qw, LutParams()) is None
 
 
 def choose_kernel(qw, target, kernel):
@@ -83,10 +85,17 @@ def choose_kernel(qw, target, kernel):
     return "decode"
 
 
-def lut_vector_bytes(target):
-    """Weight bytes per lookup vector on ``target``: its byte shuffle's width, or the portable kernel's."""
+def lut_vector_bytes(target, fmt=None):
+    """Weight bytes per lookup vector on ``target``: its byte shuffle's width (for a codebook of 5-8-bit codes,
+    whose whole-byte indices need AVX-512 VBMI's byte permutes, that one's), or the portable kernel's."""
+    if _wide_codebook(fmt):
+        return x86_lut.VECTOR_BYTES["avx512bw"] if x86_lut.wide_isa_for(target.features) else x86_lut.PORTABLE_BYTES
     isa = x86_lut.isa_for(target.features)
     return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
+
+
+def _wide_codebook(fmt):
+    return fmt is not None and fmt.kind == "codebook" and fmt.bits > 4
 
 
 def _prepare_cuda_layer(qw, bias, kernel, dtype):
@@ -119,7 +128,7 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype
         reason = lut_unsupported(qw, lut_params)
         if reason is not None:
             raise KernelError(f"kernel 'lut' cannot run {qw.format.name} with {lut_params}: {reason}")
-        layout, arrays = relayout_lut(qw, lut_vector_bytes(target), lut_params)
+        layout, arrays = relayout_lut(qw, lut_vector_bytes(target, qw.format), lut_params)
     else:
         relay = relayout_a8 if chosen == "a8" else relayout
         layout, arrays = relay(qw, target.vector_lanes)

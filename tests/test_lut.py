@@ -24,13 +24,16 @@ ONE_BUCKET = (Bucket(1, None),)  # one function for every M: a quarter of the co
 CB2 = "cb2g64[-1.5,-0.45,0.45,1.5]"  # a 2-bit codebook: two codes per 4-bit table index
 CB1 = "cb1g32[-0.7,1.3]"  # four 1-bit codes per index
 CB3 = "cb3g64[-2.2,-1.2,-0.6,-0.2,0.2,0.6,1.2,2.2]"  # one 3-bit code per index (entries 8-15 unused)
+CB6V2 = CodebookFormat(6, 64, tuple(parse_format("higgs3g64v2").points.reshape(-1)), "cb", 2).name  # vpermb
+CB8V2 = CodebookFormat(8, 64, tuple(parse_format("higgs4g64v2").points.reshape(-1)), "cb", 2).name  # vpermi2b
+CB5 = "cb5g32[" + ",".join(str(v) for v in np.linspace(-2, 2, 32)) + "]"  # 5-bit codes: a 64-entry table
 V2 = parse_format("higgs2g64v2").points  # a 2-D codebook: one 4-bit code per pair of weights
 CB4V2 = CodebookFormat(4, 64, tuple(V2.reshape(-1)), "cb", 2).name
 CB2V2 = CodebookFormat(2, 32, (-1.0, -0.2, 0.6, -0.9, 0.1, 1.0, -0.5, 0.4), "cb", 2).name  # 2 pairs per index
 CASES = [  # (format, g, table bits): bits 1..4, ternary, codebooks; g 2 and 4; int8 and exact int16 tables
     ("w1g64", 4, 8), ("w2g64", 4, 8), ("w3g128", 4, 8), ("w4g128", 4, 8), ("w4g128s", 4, 8), ("ternary", 4, 8),
     ("ternaryg128", 4, 8), ("nf4g64", 4, 8), ("fp4g32", 4, 8), (CB2, 4, 8), (CB1, 4, 8), (CB4V2, 4, 8),
-    (CB2V2, 4, 8), (CB3, 4, 8),
+    (CB2V2, 4, 8), (CB3, 4, 8), (CB6V2, 4, 8), (CB8V2, 4, 8), (CB5, 4, 8), (CB8V2, 4, 16),
     ("w2g64", 4, 16), ("w4g128", 4, 16), ("ternary", 4, 16), ("nf4g64", 4, 16), (CB2, 4, 16), (CB4V2, 4, 16), (CB3, 4, 16),
     ("w1g64", 2, 8), ("w3g128", 2, 8), ("ternary", 2, 8), ("w2g64", 2, 16), ("ternaryg128", 2, 16),
 ]
@@ -108,6 +111,42 @@ def test_intrinsic_equals_its_description(isa):
         np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.skipif(x86_lut.wide_isa_for(HOST.features) is None, reason="host has no AVX-512 VBMI")
+@pytest.mark.parametrize("name", [CB6V2, CB8V2], ids=["64-entries", "256-entries"])
+def test_wide_intrinsic_equals_its_description(name):
+    """vpermb (64 entries) and two vpermi2b + a blend on index bit 7 (256) agree exactly with the one-hot
+    description; the schedule tensorizes the wide intrinsic."""
+    from lowbit.compiler.tvm_api import tensor, tvm
+    from lowbit.schedules.cpu.lut import LutConfig, LutLookup
+
+    qw = quantize(_weight(5), name)
+    layout, arrays = relayout_lut(qw, 64)
+    assert layout.wide and layout.lanes == 64 and layout.entries == (64 if "6" in name[:3] else 256)
+    x = np.random.default_rng(4).standard_normal((3, K)).astype(np.float32)
+    inputs = [tensor(x)] + [tensor(a) for a in arrays.values()]
+    outs = []
+    for lookup in ("shuffle", "select"):
+        rule, config = LutLookup(), LutConfig(lookup)
+        sch = rule.apply(rule.template(layout, 3, False, config), HOST, config)
+        assert (x86_lut.wide_intrin_name(layout.entries) in str(sch.trace)) == (lookup == "shuffle")
+        y = tensor(np.zeros((3, N), np.float32))
+        tvm.compile(sch.mod, target=HOST.tvm_target())["main"](*inputs, y)
+        outs.append(y.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    _check(build_linear(qw, target=HOST, kernel="lut", buckets=ONE_BUCKET), qw, x, LutParams())
+
+
+def test_wide_codebooks_without_vbmi_take_the_portable_gather_kernel():
+    """Asked for lut on a host without byte permutes, a 6-bit codebook gets the portable gather kernel (16 rows
+    per tile, one index per byte) and still computes the reference."""
+    target = _target_without("avx512vbmi")
+    qw = quantize(_weight(7), CB6V2)
+    lin = build_linear(qw, target=target, kernel="lut", buckets=ONE_BUCKET)
+    assert lin.layout.vector_bytes == x86_lut.PORTABLE_BYTES and lin.plans["m1+"].config.lookup == "gather"
+    for M in (1, 3):
+        _check(lin, qw, _activations(M, M + 2), LutParams())
+
+
 @pytest.mark.parametrize("path", ["avx2", "portable"])
 def test_each_lookup_path_the_host_supports(path):
     """Force the narrower paths by hiding features: AVX2 (32-byte shuffles) and portable (no shuffle)."""
@@ -141,9 +180,10 @@ def test_formats_without_planes_or_with_odd_groups_are_clear_errors():
         build_linear(quantize(_weight(4), "w2g6"), target=HOST, kernel="lut")
     with pytest.raises(ValueError, match="use group 2 or 4"):
         LutParams(group=3)
-    with pytest.raises(KernelError, match="6-bit codes; lut codebook tables are indexed by 4 bits"):
-        choose_kernel(quantize(_weight(4), "higgs3g64v2").rotated_codebook(), HOST, "lut")
-    assert choose_kernel(quantize(_weight(4), "higgs3g64v2").rotated_codebook(), HOST, "auto") == "decode"
+    wide = quantize(_weight(4), "higgs3g64v2").rotated_codebook()  # 6-bit codes: byte permutes or nothing
+    assert choose_kernel(wide, _target_without("avx512vbmi"), "auto") == "decode"
+    if x86_lut.wide_isa_for(HOST.features):
+        assert choose_kernel(wide, HOST, "auto") == "lut"
 
 
 def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):
@@ -228,6 +268,6 @@ def test_default_tiles_keep_the_accumulators_in_half_the_registers():
     def tiles(name, vector_bytes, N=14336):
         return default_tiles(lut_layout(parse_format(name), N, 4096, vector_bytes))
 
-    assert [tiles(n, 64) for n in ("w2g64", "ternary", "nf4g64", "w3g128", CB4V2)] == [4, 4, 4, 1, 4]  # AVX-512
+    assert [tiles(n, 64) for n in ("w2g64", "ternary", "nf4g64", "w3g128", CB4V2, CB6V2)] == [4, 4, 4, 1, 4, 4]
     assert [tiles(n, 32) for n in ("w2g64", "ternary", "nf4g64", "w3g128")] == [2, 2, 2, 1]  # AVX2
     assert tiles("w2g64", 64, N=1024) == 1  # 8 row tiles: more per iteration leaves too few parallel ones

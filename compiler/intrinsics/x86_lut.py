@@ -10,7 +10,12 @@ lane once and one instruction performs ``lanes`` lookups:
 - ``avx512bw``: ``vpshufb zmm`` (``llvm.x86.avx512.pshuf.b.512``), 64 lookups per instruction.
 - ``avx2``: ``vpshufb ymm`` (``llvm.x86.avx2.pshuf.b``), 32 lookups per instruction.
 
-The description is the reference lookup written as a one-hot select sum over the 16 table entries
+Wide indices (codebook codes of 5-8 bits, one index per byte, a 64- or 256-entry table; AVX-512 VBMI):
+``vpermb`` (``llvm.x86.avx512.permvar.qi.512``) looks up 64 byte indices in a 64-byte table held in one
+register (index bits 6 and 7 ignored); a 256-entry table takes two ``vpermi2b`` (128-byte tables from two
+registers, ``llvm.x86.avx512.vpermi2var.qi.512``) and a select on index bit 7 (``vpblendmb``).
+
+The description is the reference lookup written as a one-hot select sum over the table entries
 (:func:`lookup_term`, the same expression the kernel's compute uses): ``sch.tensorize`` matches it
 structurally, which a direct gather ``T[index]`` would not. Its accumulator is a ``local`` (register) buffer.
 """
@@ -24,6 +29,19 @@ PORTABLE_BYTES = 16  # the portable (gather, no tensorize) kernel's vector of we
 ENTRIES = 16  # table entries one byte shuffle addresses: 4-bit indices
 _SHUFFLE = {"avx512bw": "llvm.x86.avx512.pshuf.b.512", "avx2": "llvm.x86.avx2.pshuf.b"}
 _MADD = {"avx512bw": "llvm.x86.avx512.pmaddubs.w.512", "avx2": "llvm.x86.avx2.pmadd.ub.sw"}
+
+
+WIDE_ISA = "avx512vbmi"
+_PERMVAR, _PERMI2VAR = "llvm.x86.avx512.permvar.qi.512", "llvm.x86.avx512.vpermi2var.qi.512"
+
+
+def wide_isa_for(features):
+    """``avx512vbmi`` when the features allow byte permutes over a whole register (wide indices), or None."""
+    return WIDE_ISA if {"avx512f", "avx512bw", "avx512vbmi"} <= features else None
+
+
+def wide_intrin_name(entries):
+    return f"lowbit_lut_64x1x{entries}_{WIDE_ISA}"
 
 
 def isa_for(features):
@@ -45,10 +63,15 @@ def nibble(word, which):
     return (word.astype("int32") >> (which * 4)) & (ENTRIES - 1)
 
 
-def lookup_term(word, which, entry, value):
+def table_index(word, which, wide=False):
+    """The table index a weight byte holds for row slot ``which``: its nibble, or (``wide``) the whole byte."""
+    return word.astype("int32") if wide else nibble(word, which)
+
+
+def lookup_term(word, which, entry, value, wide=False):
     """The reference lookup as one term of a one-hot sum: ``value`` (table entry ``entry``) as int16 when
-    nibble ``which`` of ``word`` selects ``entry``, else 0. Summed over the 16 entries it is ``T[index]``."""
-    return tirx.Select(nibble(word, which) == entry, value.astype("int16"), tirx.const(0, "int16"))
+    the index :func:`table_index` reads selects ``entry``, else 0. Summed over the entries it is ``T[index]``."""
+    return tirx.Select(table_index(word, which, wide) == entry, value.astype("int16"), tirx.const(0, "int16"))
 
 
 def paired_lookup_term(word, which, entry, value, plane):
@@ -115,6 +138,58 @@ def _implementation(isa, paired):
                     C[s, T.ramp(0, 1, rows)] = C.vload([s, 0], dtype=i16) + T.Cast(i16, found)
 
     return impl
+
+
+def _wide_description(entries):
+    lanes = VECTOR_BYTES["avx512bw"]
+
+    @T.prim_func(s_tir=True)
+    def desc(W: T.Buffer((lanes,), "uint8", offset_factor=1), Tb: T.Buffer((entries,), "int8", offset_factor=1),
+             C: T.Buffer((1, lanes), "int16", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1, 0:lanes], W[0:lanes], Tb[0:entries])
+            T.writes(C[0:1, 0:lanes])
+            for i, e in T.grid(lanes, entries):
+                with T.sblock("update"):
+                    vi, ve = T.axis.remap("SR", [i, e])
+                    C[0, vi] = C[0, vi] + lookup_term(W[vi], 0, ve, Tb[ve], True)
+
+    return desc
+
+
+def _wide_implementation(entries):
+    lanes = VECTOR_BYTES["avx512bw"]
+    i8, i16 = f"int8x{lanes}", f"int16x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(W: T.Buffer((lanes,), "uint8", offset_factor=1), Tb: T.Buffer((entries,), "int8", offset_factor=1),
+             C: T.Buffer((1, lanes), "int16", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1, 0:lanes], W[0:lanes], Tb[0:entries])
+            T.writes(C[0:1, 0:lanes])
+            index = T.reinterpret(W.vload([0], f"uint8x{lanes}"), dtype=i8)
+            if entries == 64:
+                found = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMVAR), Tb.vload([0], i8), index,
+                                                dtype=i8)
+            else:  # entries 0-127 from tables 0, 1 and 128-255 from tables 2, 3: index bit 7 picks (its sign)
+                low = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([0], i8), index,
+                                              Tb.vload([64], i8), dtype=i8)
+                high = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([128], i8), index,
+                                               Tb.vload([192], i8), dtype=i8)
+                found = T.Select(index < T.broadcast(T.int8(0), lanes), high, low)
+            C[0, T.ramp(0, 1, lanes)] = C.vload([0, 0], dtype=i16) + T.Cast(i16, found)
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register_wide(entries):
+    """Register (once) the wide-index lookup intrinsic (64 or 256 entries, AVX-512 VBMI); returns its name."""
+    if entries not in (64, 256):
+        raise ValueError(f"no wide lookup intrinsic for {entries} entries: 64 or 256")
+    name = wide_intrin_name(entries)
+    s_tir.TensorIntrin.register(name, _wide_description(entries), _wide_implementation(entries), override=True)
+    return name
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,7 +28,7 @@ def default_tiles(layout):
     sums (``lanes`` rows of int16 are two vectors, per nibble), e.g. 4 for 2-bit, ternary and nf4 with int8
     tables: 4 tiles on AVX-512, 2 on AVX2; 12 for 3-bit: one tile."""
     groups = layout.planes // 2 if layout.paired else layout.planes
-    per_tile = 4 * groups * layout.table_bytes
+    per_tile = 2 * layout.rows_per_byte * groups * layout.table_bytes
     budget = (32 if layout.vector_bytes >= 64 else 16) // 2
     return max(t for t in tile_counts(layout) if t == 1 or t * per_tile <= budget)
 
@@ -93,11 +93,16 @@ class LutLookup:
             return None  # the template's layout, as LutConfig.fits reads it
         intrin = None
         if config.lookup == "shuffle":
-            isa = x86_lut.isa_for(target.features)
+            entries = int(func.attrs["lowbit.lut_entries"])
+            isa = x86_lut.isa_for(target.features) if entries == x86_lut.ENTRIES else x86_lut.wide_isa_for(
+                target.features)
             vector_bytes = int(func.attrs["lowbit.lut_vector_bytes"])
-            if isa is None or x86_lut.VECTOR_BYTES[isa] != vector_bytes:
+            if isa is None or x86_lut.VECTOR_BYTES.get(isa, 64) != vector_bytes:
                 return None
-            intrin = x86_lut.register(isa, paired=len(sch.get_loops(sch.get_sblock("Y1"))) == 6)
+            if entries == x86_lut.ENTRIES:
+                intrin = x86_lut.register(isa, paired=len(sch.get_loops(sch.get_sblock("Y1"))) == 6)
+            else:
+                intrin = x86_lut.register_wide(entries)
         sch.compute_inline(sch.get_sblock("Xp"))
         for name in PRECOMPUTE:
             if name in names:
@@ -150,7 +155,7 @@ class LutLookup:
         sch.decompose_reduction(y1, t)
         if config.chunk_unroll > 1 and "c" in named:
             sch.unroll(sch.split(named["c"], [None, config.chunk_unroll])[1])
-        if intrin is not None:
-            sch.tensorize(named["s"], intrin)
-        else:
+        if intrin is not None:  # wide (one index per byte): no nibble loop, the intrinsic covers the bytes
+            sch.tensorize(named["s"] if "s" in named else named["i"], intrin)
+        elif "s" in named:
             sch.unroll(named["s"])

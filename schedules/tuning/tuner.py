@@ -276,7 +276,7 @@ class WorkloadJob:
         if self.K % group:
             raise InputError(f"K={self.K} is not a multiple of {fmt.name}'s group size {group}: pick K or the format")
         if self.kernel == "lut":
-            self.layout = lut_layout(self.kernel_fmt, self.N, self.K, lut_vector_bytes(target))
+            self.layout = lut_layout(self.kernel_fmt, self.N, self.K, lut_vector_bytes(target, self.kernel_fmt))
         else:
             bits, _, decode, *dim = tuning_space.layout_key(fmt.name, self.kernel, self.K)
             self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
