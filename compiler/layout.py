@@ -213,7 +213,8 @@ class LutLayout(_RowTiles):
     """Sizes of one layer's ``lut`` layout.
 
     ``lanes`` output rows per tile (twice the vector's bytes: each weight byte carries the table index of
-    row ``i`` in its low nibble and of row ``i + lanes/2`` in its high nibble). Uniform and ternary codes are
+    row ``i`` in its low nibble and of row ``i + lanes/2`` in its high nibble; a wide codebook's byte is one
+    row's whole index, so ``lanes`` = vector bytes). Uniform and ternary codes are
     bit-serial: one index per (bit plane, ``group`` consecutive k). Codebook codes index their table whole:
     a 4-bit index is one 3- or 4-bit code (a 3-bit code leaves half the table unused and reads 4 bits per
     code), two 2-bit codes or four 1-bit ones (``4 // bits`` codes), each covering ``dim`` weights (2 for a
@@ -375,17 +376,19 @@ def lut_points(fmt):
 
 
 def relayout_lut(qw, vector_bytes, params=LutParams()):
-    """Re-lay a uniform, ternary or 4-bit codebook QuantizedWeight for the ``lut`` kernels.
+    """Re-lay a uniform, ternary or codebook QuantizedWeight for the ``lut`` kernels.
 
-    Arrays (``NT = ceil(N / lanes)``, ``lanes = 2 * vector_bytes``, ``TGn`` table groups, ``C`` chunks each):
+    Arrays (``NT = ceil(N / lanes)``, ``lanes = 2 * vector_bytes``, or ``vector_bytes`` for wide codebooks,
+    ``TGn`` table groups, ``C`` chunks each):
 
     - ``W`` uint8 ``(NT, TGn, C, planes, vector_bytes)``: byte ``i`` holds the table index of row
-      ``nt*lanes + i`` (low nibble) and ``nt*lanes + vector_bytes + i`` (high nibble). Bit-serial index of plane
-      ``b`` and chunk ``c``: ``sum_j bit_b(q[k = c*g + j]) << j``; a codebook index is the code.
-    - ``S`` float32 ``(NT, Gn, lanes)``: uniform: the scale; codebook: ``scale * max|level|``.
+      ``nt*lanes + i`` (low nibble) and ``nt*lanes + vector_bytes + i`` (high nibble); wide: of row
+      ``nt*lanes + i``, the whole byte. Bit-serial index of plane ``b`` and chunk ``c``:
+      ``sum_j bit_b(q[k = c*g + j]) << j``; a codebook index is its codes (:func:`lut_indices`).
+    - ``S`` float32 ``(NT, Gn, lanes)``: uniform: the scale; codebook: ``scale * peak`` (:func:`lut_points`).
     - ``Z`` uint8 ``(NT, Gn, lanes)``: zero points (uniform formats that store them; for ternary and
       symmetric formats the zero is a constant of the layout, ``fixed_zero``);
-      ``LV`` float32 ``(16,)`` (codebook): levels divided by their largest magnitude.
+      ``LV`` float32 ``(entries * per_chunk,)`` (codebook): the weights each index stands for, over ``peak``.
     """
     fmt = qw.format
     N, K = qw.shape
