@@ -10,6 +10,8 @@ Params, in order: ``X (M, K), R (G,) signs, XR (M, K)``.
 """
 import math
 
+import numpy as np
+
 from lowbit.compiler.tvm_api import te, tirx
 
 F32 = "float32"
@@ -42,3 +44,22 @@ def _butterfly(prev, M, groups, G, half, name):
         return tirx.Select((i // half) % 2 == 0, a + b, a - b)
 
     return te.compute((M, groups, G), body, name=name)
+
+
+def reference(x, group_size):
+    """NumPy twin of :func:`rotate_compute` in float32, the same operations in the same order (signs, then the
+    butterflies ``a + b`` / ``a - b`` level by level, then the float32 ``1 / sqrt(G)``): bit-identical to the
+    kernel, so a lut reference built on it sees the very activations the kernel quantizes to int8."""
+    from lowbit.compiler.higgs import rotation_signs
+
+    x = np.asarray(x, np.float32)
+    M, K = x.shape
+    G = group_size
+    v = x.reshape(M, K // G, G) * rotation_signs(G)
+    half = 1
+    while half < G:
+        shaped = v.reshape(M, K // G, G // (2 * half), 2, half)
+        a, b = shaped[..., 0, :].copy(), shaped[..., 1, :].copy()
+        shaped[..., 0, :], shaped[..., 1, :] = a + b, a - b
+        half *= 2
+    return (v * np.float32(1.0 / math.sqrt(G))).reshape(M, K)

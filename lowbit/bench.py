@@ -211,6 +211,11 @@ def kernel_reference(kernel, x_used, qw, dequantized):
         from lowbit.compiler.kernels_lut import reference
         from lowbit.compiler.layout import LutParams
 
+        if qw.format.kind == "higgs":  # the kernel looks up rotated activations in its rotated codebook's tables
+            from lowbit.compiler import kernels_rotate
+
+            return reference(qw.rotated_codebook(), kernels_rotate.reference(x_used, qw.format.group_size),
+                             LutParams())
         return reference(qw, x_used, LutParams())
     return x_used.astype(np.float64) @ dequantized.T.astype(np.float64)
 

@@ -299,3 +299,31 @@ def test_flipping_column_signs_is_rotating_with_other_signs():
     # undone flips give an error of the shipped draw's size (left in place they would give about -3 dB)
     assert abs(sqnr(drawn.dequantize() * flips) - sqnr(shipped.dequantize())) < 1.0
     assert not np.array_equal(shipped.codes, drawn.codes)  # another draw rounds differently
+
+
+@pytest.mark.parametrize("name", ["higgs3g64", "higgs2g64v2"])
+def test_lut_layer_matches_its_numpy_twin_through_the_rotation(name):
+    """``lowbit bench`` checks a HIGGS lut layer against the lut twin on the NumPy twin of the rotation, which
+    is bit-identical to the compiled rotation (float32, the same operations in the same order): the int8
+    activations the twin builds its tables from are the kernel's."""
+    from lowbit import bench, peers
+    from lowbit.compiler import kernels_rotate
+    from lowbit.compiler.intrinsics import x86_lut
+    from lowbit.compiler.linear import build_linear
+    from lowbit.compiler.target import resolve_target
+
+    qw = quantize(_heavy_tailed(40, 256, seed=2), name)
+    x = np.random.default_rng(5).standard_normal((3, 256)).astype(np.float32)
+    layer = build_linear(qw, kernel="lut")
+    reference = bench.kernel_reference("lut", x, qw, qw.dequantize())
+    peers.check_result(name, layer.run(x), x, qw, reference)
+    from lowbit.compiler.tvm_api import tensor, tvm
+
+    rotated = tensor(np.zeros_like(x))
+    tvm.compile(kernels_rotate.rotate_compute(256, 64, 3), target="llvm")["main"](
+        tensor(x), tensor(higgs.rotation_signs(64)), rotated)
+    np.testing.assert_array_equal(kernels_rotate.reference(x, 64), rotated.numpy())
+    exact = higgs.hadamard_rotate(x, 64)
+    assert np.abs(kernels_rotate.reference(x, 64) - exact).max() < 1e-5 * np.abs(exact).max()
+    if x86_lut.isa_for(resolve_target("cpu").features) is not None:
+        assert layer.kernel == "lut"
