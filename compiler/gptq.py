@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 from lowbit.compiler import higgs
-from lowbit.compiler.formats import CodebookFormat, QuantizedWeight, encode, parse_format, quantize
+from lowbit.compiler.formats import QuantizedWeight, encode, kernel_format, parse_format, quantize
 from lowbit.errors import FormatError, WeightError
 
 DEFAULT_DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
@@ -91,8 +91,7 @@ def gptq_quantize(weight, H, fmt, damp=DEFAULT_DAMP):
         raise FormatError(f"{fmt.name}: GPTQ rounds one column at a time and the 2-D grid codes pairs of columns: "
                           f"use method='rtn' for it, or the 1-D grid higgs{fmt.bits}g{fmt.group_size} with GPTQ")
     rotated_H = higgs.hadamard_rotate(higgs.hadamard_rotate(H, fmt.group_size).T, fmt.group_size)
-    codebook = CodebookFormat(fmt.bits, fmt.group_size, fmt.levels, "cb")
-    codes, scales, _ = _gptq_columns(higgs.hadamard_rotate(W, fmt.group_size), rotated_H, codebook, damp,
+    codes, scales, _ = _gptq_columns(higgs.hadamard_rotate(W, fmt.group_size), rotated_H, kernel_format(fmt), damp,
                                      _higgs_group_params(fmt))
     return QuantizedWeight(fmt, codes, scales)
 

@@ -23,8 +23,9 @@ from lowbit.errors import InputError
 # benchmarks/quality_transformer.py model a calibrated 3.25-bit choice among these is 0.4 dB better than among
 # the seven formats up to 4 bits (the same within 0.05 dB when its lm_head stays float). The group-128 formats
 # give it finer steps (x.125-x.19 bits): +0.55 / +0.85 dB more there (every layer / lm_head float). Every
-# default has a fast CPU kernel (a8 or lut); the 2-D grids (higgs{b}g{G}v2) are not defaults because at 3 and
-# 4 bits only the gathering decode kernel runs them (7x slower at M=1), though they add 0.3-0.5 dB more.
+# default has a fast CPU kernel (a8 or lut) on every AVX2 host. The 2-D grids (higgs{b}g{G}v2) add 0.3-0.5 dB
+# more but are not defaults: at 3 and 4 bits their lut kernel needs AVX-512 VBMI (without it the gathering
+# decode runs them, ~10x slower at M=1), and quantizing them takes 4-10x as long as higgs3g64.
 DEFAULT_CANDIDATES = ("w2g64", "w3g64", "w4g64", "higgs2g64", "higgs3g64", "higgs4g64", "nf4g64", "w5g64", "w6g64",
                       "w8g64", "w2g128", "w3g128", "w4g128", "higgs2g128", "higgs3g128", "higgs4g128")
 
