@@ -186,6 +186,7 @@ def _unpadded(layout):
     return dataclasses.replace(layout, K=layout.n_groups * layout.padded_group, group_size=layout.padded_group)
 
 
+ENTRIES = 16  # entries of a table indexed by 4 bits (one byte shuffle's table)
 MAX_CHUNKS = 128  # lookups summed in int16 per table group: 128 * 128 (an int8 entry or a low byte) < 2**15
 MAX_PAIRED_CHUNKS = 64  # plane pairs add entry + 2 * entry per chunk: 64 * 3 * 128 < 2**15
 
@@ -235,7 +236,7 @@ class LutLayout(_RowTiles):
     @property
     def codes_per_index(self):
         """Codebook codes packed into one table index (several only below 4 bits)."""
-        return max(1, 4 // self.bits) if self.kind == "codebook" else 1
+        return _codes_per_index(self.bits) if self.kind == "codebook" else 1
 
     @property
     def has_zeros(self):
@@ -246,17 +247,12 @@ class LutLayout(_RowTiles):
     def wide(self):
         """Codebook codes of 5-8 bits: one whole-byte index per row (a 64- or 256-entry table, looked up with
         ``vpermb`` / ``vpermi2b``), instead of two 4-bit indices per byte."""
-        return self.kind == "codebook" and self.bits > 4
-
-    @property
-    def index_bits(self):
-        """Bits of one table index: 4, or for wide codebooks 6 (codes of 5-6 bits) or 8 (7-8 bits)."""
-        return 4 if not self.wide else 6 if self.bits <= 6 else 8
+        return self.kind == "codebook" and _wide_codes(self.bits)
 
     @property
     def entries(self):
-        """Entries of one table (``2 ** index_bits``)."""
-        return 1 << self.index_bits
+        """Entries of one table: 16 (4-bit indices), or for wide codebooks 64 (codes of 5-6 bits) or 256."""
+        return _table_entries(self.bits) if self.kind == "codebook" else ENTRIES
 
     @property
     def rows_per_byte(self):
@@ -335,7 +331,7 @@ def lut_unsupported(qw, params):
     group = fmt.group_size or qw.shape[1]
     if fmt.kind == "codebook" and fmt.bits > 8:
         return f"{fmt.name} has {fmt.bits}-bit codes; lut tables have at most 256 entries (use decode)"
-    per_index = fmt.dim * max(1, 4 // fmt.bits) if fmt.kind == "codebook" else 1
+    per_index = fmt.dim * _codes_per_index(fmt.bits) if fmt.kind == "codebook" else 1
     if fmt.kind == "codebook" and group % per_index:
         return f"group size {group} is not a multiple of the {per_index} weights of one table index"
     if fmt.kind != "codebook" and fmt.bits > 4:
@@ -350,27 +346,43 @@ def lut_layout(fmt, N, K, vector_bytes, params=LutParams()):
     alone (the tuner sizes a layer's kernels before any weight exists)."""
     kind = "codebook" if fmt.kind == "codebook" else "uniform"
     fixed_zero = implicit_zero(fmt) if kind == "uniform" and not fmt.has_zeros else None
-    rows_per_byte = 1 if kind == "codebook" and fmt.bits > 4 else 2
+    rows_per_byte = 1 if wide_codebook(fmt) else 2
     return LutLayout(N=N, K=K, bits=fmt.bits, group_size=fmt.group_size or K, lanes=rows_per_byte * vector_bytes,
                      kind=kind, params=params, fixed_zero=fixed_zero, dim=getattr(fmt, "dim", 1))
 
 
+def wide_codebook(fmt):
+    """Whether ``fmt`` is a codebook of 5-8-bit codes: under ``lut``, whole-byte indices (:attr:`LutLayout.wide`)."""
+    return fmt is not None and fmt.kind == "codebook" and _wide_codes(fmt.bits)
+
+
+def _wide_codes(bits):
+    return bits > 4
+
+
+def _codes_per_index(bits):
+    """Codebook codes in one table index: ``4 // bits`` below 4 bits (several to a nibble), else 1."""
+    return max(1, 4 // bits)
+
+
+def _table_entries(bits):
+    """Entries of a codebook's ``lut`` table: 16, or for wide codes 64 (5-6 bits) or 256 (7-8 bits)."""
+    return ENTRIES if not _wide_codes(bits) else 64 if bits <= 6 else 256
+
+
 def lut_points(fmt):
-    """(points, peak) of a codebook under the ``lut`` kernels: ``points`` float64 (16, per_chunk), the weights
-    that each 4-bit table index stands for (code ``i`` of the index in bits ``[i*bits, (i+1)*bits)``; a 3-bit
-    code's index never exceeds 7, entries 8-15 repeat 0-7),
-    divided by ``peak``, the largest ``sum_j |point_j|`` (so every table entry ``sum_j point_j xq_j`` of int8
-    activations stays within int8)."""
-    per_index = max(1, 4 // fmt.bits)
-    if fmt.bits > 4:  # a whole-byte index: the code itself, the table padded to 64 or 256 entries with zeros
-        entries = 64 if fmt.bits <= 6 else 256
-        points = np.zeros((entries, fmt.dim))
-        points[:1 << fmt.bits] = fmt.points
-        peak = np.abs(points).sum(axis=1).max()
-        return points / peak, peak
-    entries = np.arange(16)
-    codes = (entries[:, None] >> (fmt.bits * np.arange(per_index))) & ((1 << fmt.bits) - 1)  # (16, per_index)
-    points = fmt.points[codes].reshape(16, per_index * fmt.dim)
+    """(points, peak) of a codebook under the ``lut`` kernels: ``points`` float64 (entries, per_chunk), the
+    weights that each table index stands for, divided by ``peak``, the largest ``sum_j |point_j|`` (so every
+    table entry ``sum_j point_j xq_j`` of int8 activations stays within int8). A 4-bit index holds code ``i``
+    in bits ``[i*bits, (i+1)*bits)`` (a 3-bit code's index never exceeds 7, entries 8-15 repeat 0-7); a wide
+    index is the code itself, its table padded with zeros to 64 or 256 entries."""
+    entries = np.arange(_table_entries(fmt.bits))
+    if _wide_codes(fmt.bits):
+        points = np.where((entries < 1 << fmt.bits)[:, None], fmt.points[entries % (1 << fmt.bits)], 0.0)
+    else:
+        per_index = _codes_per_index(fmt.bits)
+        codes = (entries[:, None] >> (fmt.bits * np.arange(per_index))) & ((1 << fmt.bits) - 1)  # (16, per_index)
+        points = fmt.points[codes].reshape(len(entries), per_index * fmt.dim)
     peak = np.abs(points).sum(axis=1).max()
     return points / peak, peak
 

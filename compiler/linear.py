@@ -14,7 +14,7 @@ from lowbit.compiler import dispatch
 from lowbit.compiler.intrinsics import x86_dot, x86_lut
 from lowbit.compiler.cuda_layout import CudaLayout, relayout_cuda
 from lowbit.compiler.higgs import rotation_signs
-from lowbit.compiler.layout import LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut
+from lowbit.compiler.layout import LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut, wide_codebook
 from lowbit.compiler.plans_cuda import cuda_plan
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
@@ -58,7 +58,7 @@ def lut_preferred(qw, target):
     levels per weight)."""
     fmt = qw.format
     wanted = fmt.kind in ("ternary", "codebook") or fmt.kind == "uniform" and fmt.bits <= 2
-    isa = (x86_lut.wide_isa_for if _wide_codebook(fmt) else x86_lut.isa_for)(target.features)
+    isa = (x86_lut.wide_isa_for if wide_codebook(fmt) else x86_lut.isa_for)(target.features)
     return wanted and isa is not None and lut_unsupported(qw, LutParams()) is None
 
 
@@ -88,14 +88,10 @@ def choose_kernel(qw, target, kernel):
 def lut_vector_bytes(target, fmt=None):
     """Weight bytes per lookup vector on ``target``: its byte shuffle's width (for a codebook of 5-8-bit codes,
     whose whole-byte indices need AVX-512 VBMI's byte permutes, that one's), or the portable kernel's."""
-    if _wide_codebook(fmt):
+    if wide_codebook(fmt):
         return x86_lut.VECTOR_BYTES["avx512bw"] if x86_lut.wide_isa_for(target.features) else x86_lut.PORTABLE_BYTES
     isa = x86_lut.isa_for(target.features)
     return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
-
-
-def _wide_codebook(fmt):
-    return fmt is not None and fmt.kind == "codebook" and fmt.bits > 4
 
 
 def _prepare_cuda_layer(qw, bias, kernel, dtype):

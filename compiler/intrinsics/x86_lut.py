@@ -21,12 +21,12 @@ structurally, which a direct gather ``T[index]`` would not. Its accumulator is a
 """
 import functools
 
+from lowbit.compiler.layout import ENTRIES  # table entries one byte shuffle addresses: 4-bit indices
 from lowbit.compiler.tvm_api import T, s_tir, tirx
 
 ISAS = ("avx512bw", "avx2")
 VECTOR_BYTES = {"avx512bw": 64, "avx2": 32}
 PORTABLE_BYTES = 16  # the portable (gather, no tensorize) kernel's vector of weight bytes
-ENTRIES = 16  # table entries one byte shuffle addresses: 4-bit indices
 _SHUFFLE = {"avx512bw": "llvm.x86.avx512.pshuf.b.512", "avx2": "llvm.x86.avx2.pshuf.b"}
 _MADD = {"avx512bw": "llvm.x86.avx512.pmaddubs.w.512", "avx2": "llvm.x86.avx2.pmadd.ub.sw"}
 
