@@ -107,13 +107,13 @@ def _codebook_tables(xq, amax, layout, LV):
     # One product rounds once in float32. A sum of several is formed in float64, where every float32 x int8
     # product and their sum are exact: a float32 sum would round differently wherever LLVM fuses it into an
     # FMA, and entries near a half unit would then round to different integers than the NumPy twin's.
-    wide = "float32" if p == 1 else "float64"
+    sum_dtype = "float32" if p == 1 else "float64"
 
     def entry(m, t, c, byte, e):
-        total = LV[e * p].astype(wide) * xq[m, t, c * p].astype(wide)
+        total = LV[e * p].astype(sum_dtype) * xq[m, t, c * p].astype(sum_dtype)
         for j in range(1, p):
-            total = total + LV[e * p + j].astype(wide) * xq[m, t, c * p + j].astype(wide)
-        value = tirx.round(total * tirx.const(multiplier, wide)).astype("int32")
+            total = total + LV[e * p + j].astype(sum_dtype) * xq[m, t, c * p + j].astype(sum_dtype)
+        value = tirx.round(total * tirx.const(multiplier, sum_dtype)).astype("int32")
         return (value if layout.params.table_bits == 8 else _split_byte(value, byte)).astype("int8")
 
     return entry, lambda m, t: amax[m, t] * tirx.const(1.0 / INT8_MAX / multiplier, F32)
@@ -265,9 +265,9 @@ def tables_reference(x, layout, levels=None):
     else:
         multiplier = f32(1.0 if layout.params.table_bits == 8 else 256.0)
         points = np.asarray(levels, f32).reshape(layout.entries, layout.per_chunk)
-        wide = f32 if layout.per_chunk == 1 else np.float64  # as the kernel: a sum of products exact in float64
-        total = sum(points[:, j].astype(wide) * xq[..., j, None].astype(wide) for j in range(layout.per_chunk))
-        product = np.round(total * wide(multiplier)).astype(np.int64)
+        sum_dtype = f32 if layout.per_chunk == 1 else np.float64  # as the kernel: a sum of products exact in float64
+        total = sum(points[:, j].astype(sum_dtype) * xq[..., j, None].astype(sum_dtype) for j in range(layout.per_chunk))
+        product = np.round(total * sum_dtype(multiplier)).astype(np.int64)
         tq = product[..., None, :] if layout.params.table_bits == 8 else _split_reference(product)
         ts = xs.astype(np.float64) / np.float64(multiplier)
     return tq.astype(np.int64), ts, xo
