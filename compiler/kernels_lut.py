@@ -266,7 +266,8 @@ def tables_reference(x, layout, levels=None):
         multiplier = f32(1.0 if layout.params.table_bits == 8 else 256.0)
         points = np.asarray(levels, f32).reshape(layout.entries, layout.per_chunk)
         sum_dtype = f32 if layout.per_chunk == 1 else np.float64  # as the kernel: a sum of products exact in float64
-        total = sum(points[:, j].astype(sum_dtype) * xq[..., j, None].astype(sum_dtype) for j in range(layout.per_chunk))
+        total = sum(points[:, j].astype(sum_dtype) * xq[..., j, None].astype(sum_dtype)
+                    for j in range(layout.per_chunk))
         product = np.round(total * sum_dtype(multiplier)).astype(np.int64)
         tq = product[..., None, :] if layout.params.table_bits == 8 else _split_reference(product)
         ts = xs.astype(np.float64) / np.float64(multiplier)
