@@ -165,13 +165,84 @@ def _halton(index, base):
 
 
 def nearest_points(values, points, chunk=1 << 12):
-    """Index of the nearest grid point for each row of ``values`` (squared distance, chunked)."""
+    """Index of the nearest grid point for each row of ``values`` (squared distance; ties go to the lower index).
+
+    Many 2-D values go through a cell table (:func:`_cell_candidates`): each value is compared with the few
+    points that can be nearest anywhere in its cell, not with all of them. Values outside the table's box, and
+    short or other-dimensional inputs, are compared with every point, ``chunk`` rows at a time.
+    """
+    values = np.asarray(values, np.float64)
+    points = np.asarray(points, np.float64)
+    if points.shape[1] == 2 and len(values) >= CELL_TABLE_MIN_VALUES:
+        return _nearest_in_cells(values, points, chunk)
+    return _nearest_of_all(values, points, chunk)
+
+
+def _nearest_of_all(values, points, chunk):
     out = np.empty(len(values), np.int64)
-    norms = (points.astype(np.float64) ** 2).sum(axis=1)
+    norms = (points ** 2).sum(axis=1)
     for start in range(0, len(values), chunk):
-        block = values[start:start + chunk].astype(np.float64)
-        out[start:start + chunk] = np.argmin(norms[None, :] - 2.0 * block @ points.T.astype(np.float64), axis=1)
+        out[start:start + chunk] = np.argmin(norms[None, :] - 2.0 * values[start:start + chunk] @ points.T, axis=1)
     return out
+
+
+# The cell table: CELLS x CELLS cells over the points' bounding box widened by CELL_MARGIN. Measured on the 2-, 3-
+# and 4-bit Gaussian 2-D grids (16, 64, 256 points): at most 4 candidates in any cell, 1.1-1.7 on average under a
+# unit Gaussian; most values fall in a cell with a single candidate and need no distance at all. On 1M pairs it is
+# as fast as comparing with all 16 points and 2-4x faster than comparing with 64 or 256; quantize_higgs to
+# higgs3g64v2 / higgs4g64v2 got 2x / 4x faster. The table takes 0.05-0.1 s to build (cached per grid), so short
+# inputs compare with every point.
+CELLS = 128
+CELL_MARGIN = 0.5
+CELL_TABLE_MIN_VALUES = 1 << 14
+
+
+def _nearest_in_cells(values, points, chunk):
+    """nearest_points for (n, 2) values through the cell table; values outside its box compare with all points."""
+    low, inverse_step, candidates = _cell_candidates(points.tobytes(), len(points))
+    cell = np.floor((values - low) * inverse_step)
+    inside = ((cell >= 0) & (cell < CELLS)).all(axis=1)
+    flat = np.where(inside, cell[:, 0] * CELLS + cell[:, 1], 0).astype(np.intp)
+    out = candidates[flat, 0]  # a cell with one candidate (most of them) settles its values here
+    ambiguous = np.flatnonzero(inside & (candidates[flat, 1] != candidates[flat, 0]))
+    # each cell's candidates' x, y and squared norm, gathered a row (one cell) at a time
+    x, y, norms = points[candidates, 0], points[candidates, 1], (points ** 2).sum(axis=1)[candidates]
+    for start in range(0, len(ambiguous), 1 << 16):
+        index = ambiguous[start:start + (1 << 16)]
+        cells, v = flat[index], values[index]
+        distance = norms[cells] - 2.0 * (v[:, :1] * x[cells] + v[:, 1:] * y[cells])
+        out[index] = np.take_along_axis(candidates[cells], np.argmin(distance, axis=1)[:, None], axis=1)[:, 0]
+    outside = np.flatnonzero(~inside)
+    out[outside] = _nearest_of_all(values[outside], points, chunk)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_candidates(point_bytes, count):
+    """(low corner, 1 / cell size, (CELLS * CELLS, width) int64 candidates) of a 2-D grid's cell table.
+
+    A point is a candidate of a cell when its least distance to the cell is at most the least, over all points,
+    of their greatest distance to the cell (plus 1e-6 for the rounding of a value's cell index): no other
+    point can be nearest to a value in the cell. Candidates are in ascending index order, so argmin's first
+    minimum keeps nearest_points' ties; a row shorter than the widest is padded with its own last candidate.
+    """
+    points = np.frombuffer(point_bytes, np.float64).reshape(count, 2)
+    low = points.min(axis=0) - CELL_MARGIN
+    step = (points.max(axis=0) + CELL_MARGIN - low) / CELLS
+    lower = low[:, None] + step[:, None] * np.arange(CELLS)  # (2, CELLS) cell edges per axis
+    upper = lower + step[:, None]
+    p = points.T[:, None, :]  # (2, 1, count)
+    least = np.maximum(0.0, np.maximum(lower[..., None] - p, p - upper[..., None]))  # (2, CELLS, count)
+    most = np.maximum(np.abs(p - lower[..., None]), np.abs(p - upper[..., None]))
+    least = np.sqrt(least[0][:, None, :] ** 2 + least[1][None, :, :] ** 2).reshape(CELLS * CELLS, count)
+    bound = np.sqrt((most[0][:, None, :] ** 2 + most[1][None, :, :] ** 2).min(axis=-1)).reshape(-1, 1)
+    chosen = least <= bound + 1e-6
+    width = int(chosen.sum(axis=1).max())
+    candidates = np.empty((CELLS * CELLS, max(width, 2)), np.int64)
+    for cell, row in enumerate(chosen):
+        found = np.flatnonzero(row)
+        candidates[cell, :len(found)], candidates[cell, len(found):] = found, found[-1]
+    return low, 1.0 / step, candidates
 
 
 # ---- rotation ------------------------------------------------------------------------------------------------

@@ -46,6 +46,30 @@ def test_shipped_2d_grid_is_what_the_generator_computes():
         assert higgs.gaussian_grid_2d(bits).shape == (4 ** bits, 2)
 
 
+@pytest.mark.parametrize("grid", ["2", "3", "4", "random"])
+def test_cell_table_finds_the_nearest_point_as_the_full_search_does(grid):
+    """The cell-table search of many 2-D values (Gaussian, far outliers outside its box, values on cell edges,
+    midpoints of two points) gives the same indices as comparing every value with every point, except between
+    points at equal distance, where the two searches' different rounding may pick either: there the distance
+    must be the least one."""
+    rng = np.random.default_rng(11)
+    points = rng.standard_normal((40, 2)) if grid == "random" else higgs.gaussian_grid_2d(int(grid)).astype(np.float64)
+    low, inverse_step, _ = higgs._cell_candidates(points.tobytes(), len(points))
+    edges = low + rng.integers(0, higgs.CELLS + 1, (5000, 2)) / inverse_step  # exactly on cell boundaries
+    ties = (points[rng.integers(0, len(points), 5000)] + points[rng.integers(0, len(points), 5000)]) / 2  # midpoints
+    values = np.concatenate([rng.standard_normal((1 << 15, 2)) * 1.2, rng.standard_normal((3000, 2)) * 9, edges,
+                             ties])
+    assert len(values) >= higgs.CELL_TABLE_MIN_VALUES
+    fast = higgs.nearest_points(values, points)
+    full = higgs._nearest_of_all(values, points, 1 << 12)
+    distance = ((values[:, None, :] - points[None]) ** 2).sum(axis=-1)
+    nearest_two = np.sort(distance, axis=1)[:, :2]
+    clear = nearest_two[:, 1] - nearest_two[:, 0] > 1e-9
+    assert clear[:-5000].mean() > 0.999  # only the midpoints tie
+    np.testing.assert_array_equal(fast[clear], full[clear])
+    np.testing.assert_allclose(distance[np.arange(len(values)), fast], nearest_two[:, 0], rtol=0, atol=1e-12)
+
+
 def test_2d_grid_beats_the_product_of_1d_grids_on_gaussian_pairs():
     pairs = np.random.default_rng(5).standard_normal((200000, 2))
     for bits in (2, 3):
