@@ -53,9 +53,9 @@ def a8_unsupported(qw, target):
 
 def lut_preferred(qw, target):
     """Whether ``auto`` picks ``lut`` for ``qw`` on ``target``: ternary, 1-2-bit uniform and every codebook on
-    hosts with a byte shuffle (AVX2 / AVX-512BW; codebooks of 5-8-bit codes, 2-D ones included, need AVX-512
-    VBMI's byte permutes), where it measured fastest at M=1 (docs/design.md; a codebook's decode gathers its
-    levels per weight)."""
+    hosts with a byte shuffle (AVX2 / AVX-512BW; codebooks of 5-8-bit codes, 2-D ones included, look up
+    whole-byte indices with AVX-512 VBMI's byte permutes, or with sliced tables and byte shuffles without it),
+    where it measured fastest at M=1 (docs/design.md; a codebook's decode gathers its levels per weight)."""
     fmt = qw.format
     wanted = fmt.kind in ("ternary", "codebook") or fmt.kind == "uniform" and fmt.bits <= 2
     isa = (x86_lut.wide_isa_for if wide_codebook(fmt) else x86_lut.isa_for)(target.features)
@@ -87,10 +87,9 @@ def choose_kernel(qw, target, kernel):
 
 def lut_vector_bytes(target, fmt=None):
     """Weight bytes per lookup vector on ``target``: its byte shuffle's width (for a codebook of 5-8-bit codes,
-    whose whole-byte indices need AVX-512 VBMI's byte permutes, that one's), or the portable kernel's."""
-    if wide_codebook(fmt):
-        return x86_lut.VECTOR_BYTES["avx512bw"] if x86_lut.wide_isa_for(target.features) else x86_lut.PORTABLE_BYTES
-    isa = x86_lut.isa_for(target.features)
+    with whole-byte indices, that of its wide lookup: AVX-512 VBMI's byte permutes or sliced shuffles), or the
+    portable kernel's."""
+    isa = (x86_lut.wide_isa_for if wide_codebook(fmt) else x86_lut.isa_for)(target.features)
     return x86_lut.VECTOR_BYTES[isa] if isa is not None else x86_lut.PORTABLE_BYTES
 
 

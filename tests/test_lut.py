@@ -111,35 +111,45 @@ def test_intrinsic_equals_its_description(isa):
         np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.skipif(x86_lut.wide_isa_for(HOST.features) is None, reason="host has no AVX-512 VBMI")
+WIDE_PATHS = {"avx512vbmi": (), "avx512bw": ("avx512vbmi",), "avx2": ("avx512vbmi", "avx512f", "avx512bw")}
+
+
+@pytest.mark.parametrize("isa", list(WIDE_PATHS))
 @pytest.mark.parametrize("name", [CB6V2, CB8V2], ids=["64-entries", "256-entries"])
-def test_wide_intrinsic_equals_its_description(name):
-    """vpermb (64 entries) and two vpermi2b + a blend on index bit 7 (256) agree exactly with the one-hot
-    description; the schedule tensorizes the wide intrinsic."""
+def test_wide_intrinsic_equals_its_description(name, isa):
+    """The wide lookups agree exactly with the one-hot description: vpermb (64 entries) and two vpermi2b + a
+    blend on index bit 7 (256) with AVX-512 VBMI; 16-entry slices through vpshufb and a select tree without
+    it (AVX-512BW, AVX2). The schedule tensorizes the wide intrinsic, and the kernel computes the reference."""
     from lowbit.compiler.tvm_api import tensor, tvm
     from lowbit.schedules.cpu.lut import LutConfig, LutLookup
 
+    target = _target_without(*WIDE_PATHS[isa])
+    if x86_lut.wide_isa_for(target.features) != isa:
+        pytest.skip(f"host cannot run the {isa} path")
     qw = quantize(_weight(5), name)
-    layout, arrays = relayout_lut(qw, 64)
-    assert layout.wide and layout.lanes == 64 and layout.entries == (64 if "6" in name[:3] else 256)
+    layout, arrays = relayout_lut(qw, x86_lut.VECTOR_BYTES[isa])
+    assert layout.wide and layout.lanes == x86_lut.VECTOR_BYTES[isa]
+    assert layout.entries == (64 if "6" in name[:3] else 256)
     x = np.random.default_rng(4).standard_normal((3, K)).astype(np.float32)
     inputs = [tensor(x)] + [tensor(a) for a in arrays.values()]
     outs = []
     for lookup in ("shuffle", "select"):
         rule, config = LutLookup(), LutConfig(lookup)
-        sch = rule.apply(rule.template(layout, 3, False, config), HOST, config)
-        assert (x86_lut.wide_intrin_name(layout.entries) in str(sch.trace)) == (lookup == "shuffle")
+        sch = rule.apply(rule.template(layout, 3, False, config), target, config)
+        assert (x86_lut.wide_intrin_name(layout.entries, isa) in str(sch.trace)) == (lookup == "shuffle")
         y = tensor(np.zeros((3, N), np.float32))
-        tvm.compile(sch.mod, target=HOST.tvm_target())["main"](*inputs, y)
+        tvm.compile(sch.mod, target=target.tvm_target())["main"](*inputs, y)
         outs.append(y.numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
-    _check(build_linear(qw, target=HOST, kernel="lut", buckets=ONE_BUCKET), qw, x, LutParams())
+    lin = build_linear(qw, target=target, kernel="lut", buckets=ONE_BUCKET)
+    assert lin.layout.vector_bytes == x86_lut.VECTOR_BYTES[isa] and lin.plans["m1+"].config.lookup == "shuffle"
+    _check(lin, qw, x, LutParams())
 
 
-def test_wide_codebooks_without_vbmi_take_the_portable_gather_kernel():
-    """Asked for lut on a host without byte permutes, a 6-bit codebook gets the portable gather kernel (16 rows
-    per tile, one index per byte) and still computes the reference."""
-    target = _target_without("avx512vbmi")
+def test_wide_codebooks_without_byte_shuffles_take_the_portable_gather_kernel():
+    """Asked for lut on a host without byte shuffles (no AVX2), a 6-bit codebook gets the portable gather
+    kernel (16 rows per tile, one index per byte) and still computes the reference."""
+    target = _target_without("avx512vbmi", "avx512f", "avx512bw", "avx2")
     qw = quantize(_weight(7), CB6V2)
     lin = build_linear(qw, target=target, kernel="lut", buckets=ONE_BUCKET)
     assert lin.layout.vector_bytes == x86_lut.PORTABLE_BYTES and lin.plans["m1+"].config.lookup == "gather"
@@ -180,10 +190,10 @@ def test_formats_without_planes_or_with_odd_groups_are_clear_errors():
         build_linear(quantize(_weight(4), "w2g6"), target=HOST, kernel="lut")
     with pytest.raises(ValueError, match="use group 2 or 4"):
         LutParams(group=3)
-    wide = quantize(_weight(4), "higgs3g64v2").rotated_codebook()  # 6-bit codes: byte permutes or nothing
-    assert choose_kernel(wide, _target_without("avx512vbmi"), "auto") == "decode"
-    if x86_lut.wide_isa_for(HOST.features):
-        assert choose_kernel(wide, HOST, "auto") == "lut"
+    wide = quantize(_weight(4), "higgs3g64v2").rotated_codebook()  # 6-bit codes: byte permutes or shuffles
+    assert choose_kernel(wide, _target_without("avx512vbmi", "avx512f", "avx512bw", "avx2"), "auto") == "decode"
+    if "avx2" in HOST.features:
+        assert choose_kernel(wide, _target_without("avx512vbmi"), "auto") == "lut"
 
 
 def test_whole_model_with_lut_layers_saves_loads_and_runs(tmp_path):

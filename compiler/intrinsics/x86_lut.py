@@ -10,10 +10,16 @@ lane once and one instruction performs ``lanes`` lookups:
 - ``avx512bw``: ``vpshufb zmm`` (``llvm.x86.avx512.pshuf.b.512``), 64 lookups per instruction.
 - ``avx2``: ``vpshufb ymm`` (``llvm.x86.avx2.pshuf.b``), 32 lookups per instruction.
 
-Wide indices (codebook codes of 5-8 bits, one index per byte, a 64- or 256-entry table; AVX-512 VBMI):
-``vpermb`` (``llvm.x86.avx512.permvar.qi.512``) looks up 64 byte indices in a 64-byte table held in one
-register (index bits 6 and 7 ignored); a 256-entry table takes two ``vpermi2b`` (128-byte tables from two
-registers, ``llvm.x86.avx512.vpermi2var.qi.512``) and a select on index bit 7 (``vpblendmb``).
+Wide indices (codebook codes of 5-8 bits, one index per byte, a 64- or 256-entry table):
+
+- ``avx512vbmi``: ``vpermb`` (``llvm.x86.avx512.permvar.qi.512``) looks up 64 byte indices in a 64-byte table
+  held in one register (index bits 6 and 7 ignored); a 256-entry table takes two ``vpermi2b`` (128-byte
+  tables from two registers, ``llvm.x86.avx512.vpermi2var.qi.512``) and a select on index bit 7
+  (``vpblendmb``).
+- ``avx512bw`` without VBMI, and ``avx2``: the table in 16-entry slices, each broadcast to every 128-bit lane
+  and looked up with ``vpshufb`` on the index's low 4 bits; a tree of byte selects on index bits 4, 5 (, 6,
+  7) picks the slice: 4 shuffles and 3 selects for 64 entries, 16 and 15 for 256. A select tests one bit
+  moved into the byte's sign (``vpblendvb`` on AVX2, a mask compare and ``vpblendmb`` on AVX-512).
 
 The description is the reference lookup written as a one-hot select sum over the table entries
 (:func:`lookup_term`, the same expression the kernel's compute uses): ``sch.tensorize`` matches it
@@ -25,23 +31,26 @@ from lowbit.compiler.layout import ENTRIES  # table entries one byte shuffle add
 from lowbit.compiler.tvm_api import T, s_tir, tirx
 
 ISAS = ("avx512bw", "avx2")
-VECTOR_BYTES = {"avx512bw": 64, "avx2": 32}
+VECTOR_BYTES = {"avx512vbmi": 64, "avx512bw": 64, "avx2": 32}
 PORTABLE_BYTES = 16  # the portable (gather, no tensorize) kernel's vector of weight bytes
 _SHUFFLE = {"avx512bw": "llvm.x86.avx512.pshuf.b.512", "avx2": "llvm.x86.avx2.pshuf.b"}
 _MADD = {"avx512bw": "llvm.x86.avx512.pmaddubs.w.512", "avx2": "llvm.x86.avx2.pmadd.ub.sw"}
 
 
-WIDE_ISA = "avx512vbmi"
+WIDE_ISAS = ("avx512vbmi",) + ISAS
 _PERMVAR, _PERMI2VAR = "llvm.x86.avx512.permvar.qi.512", "llvm.x86.avx512.vpermi2var.qi.512"
 
 
 def wide_isa_for(features):
-    """``avx512vbmi`` when the features allow byte permutes over a whole register (wide indices), or None."""
-    return WIDE_ISA if {"avx512f", "avx512bw", "avx512vbmi"} <= features else None
+    """The ISA of wide-index lookups among the features: ``avx512vbmi`` (byte permutes over a whole register),
+    else the byte-shuffle ISA (:func:`isa_for`: sliced tables), or None (portable)."""
+    if {"avx512f", "avx512bw", "avx512vbmi"} <= features:
+        return "avx512vbmi"
+    return isa_for(features)
 
 
-def wide_intrin_name(entries):
-    return f"lowbit_lut_64x1x{entries}_{WIDE_ISA}"
+def wide_intrin_name(entries, isa):
+    return f"lowbit_lut_{VECTOR_BYTES[isa]}x1x{entries}_{isa}"
 
 
 def isa_for(features):
@@ -140,9 +149,7 @@ def _implementation(isa, paired):
     return impl
 
 
-def _wide_description(entries):
-    lanes = VECTOR_BYTES["avx512bw"]
-
+def _wide_description(entries, lanes):
     @T.prim_func(s_tir=True)
     def desc(W: T.Buffer((lanes,), "uint8", offset_factor=1), Tb: T.Buffer((entries,), "int8", offset_factor=1),
              C: T.Buffer((1, lanes), "int16", offset_factor=1, scope="local")) -> None:
@@ -157,8 +164,40 @@ def _wide_description(entries):
     return desc
 
 
-def _wide_implementation(entries):
-    lanes = VECTOR_BYTES["avx512bw"]
+def _permuted(Tb, index, entries, lanes):
+    """The looked-up bytes through VBMI's byte permutes (one register: 64 entries; two and a select: 256)."""
+    i8 = f"int8x{lanes}"
+    if entries == 64:
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMVAR), Tb.vload([0], i8), index, dtype=i8)
+    # entries 0-127 from tables 0, 1 and 128-255 from tables 2, 3: index bit 7 picks (its sign)
+    low = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([0], i8), index,
+                                  Tb.vload([64], i8), dtype=i8)
+    high = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([128], i8), index,
+                                   Tb.vload([192], i8), dtype=i8)
+    return T.Select(index < T.broadcast(T.int8(0), lanes), high, low)
+
+
+def _shuffled(Tb, word, entries, isa):
+    """The looked-up bytes through ``vpshufb``: every 16-entry slice of the table looked up with the index's
+    low 4 bits, then a select tree on bits 4.. (slice pairs, then pairs of pairs) keeps the index's slice."""
+    lanes = VECTOR_BYTES[isa]
+    i8, u8 = f"int8x{lanes}", f"uint8x{lanes}"
+    low = T.reinterpret(T.bitwise_and(word, T.broadcast(T.uint8(ENTRIES - 1), lanes)), dtype=i8)
+    found = [T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(_SHUFFLE[isa]),
+        T.Shuffle([Tb.vload([ENTRIES * j], f"int8x{ENTRIES}")] * (lanes // ENTRIES), list(range(lanes))), low,
+        dtype=i8) for j in range(entries // ENTRIES)]
+    bit = 4
+    while len(found) > 1:  # index bit ``bit`` moved into the sign: set -> the odd slice of each pair
+        sign = T.reinterpret(T.shift_left(word, T.broadcast(T.uint8(7 - bit), lanes)), dtype=i8)
+        chosen = sign < T.broadcast(T.int8(0), lanes)
+        found = [T.Select(chosen, odd, even) for even, odd in zip(found[0::2], found[1::2])]
+        bit += 1
+    return found[0]
+
+
+def _wide_implementation(entries, isa):
+    lanes = VECTOR_BYTES[isa]
     i8, i16 = f"int8x{lanes}", f"int16x{lanes}"
 
     @T.prim_func(s_tir=True)
@@ -167,28 +206,26 @@ def _wide_implementation(entries):
         with T.sblock("root"):
             T.reads(C[0:1, 0:lanes], W[0:lanes], Tb[0:entries])
             T.writes(C[0:1, 0:lanes])
-            index = T.reinterpret(W.vload([0], f"uint8x{lanes}"), dtype=i8)
-            if entries == 64:
-                found = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMVAR), Tb.vload([0], i8), index,
-                                                dtype=i8)
-            else:  # entries 0-127 from tables 0, 1 and 128-255 from tables 2, 3: index bit 7 picks (its sign)
-                low = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([0], i8), index,
-                                              Tb.vload([64], i8), dtype=i8)
-                high = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_PERMI2VAR), Tb.vload([128], i8), index,
-                                               Tb.vload([192], i8), dtype=i8)
-                found = T.Select(index < T.broadcast(T.int8(0), lanes), high, low)
+            word = W.vload([0], f"uint8x{lanes}")
+            if isa == "avx512vbmi":
+                found = _permuted(Tb, T.reinterpret(word, dtype=i8), entries, lanes)
+            else:
+                found = _shuffled(Tb, word, entries, isa)
             C[0, T.ramp(0, 1, lanes)] = C.vload([0, 0], dtype=i16) + T.Cast(i16, found)
 
     return impl
 
 
 @functools.lru_cache(maxsize=None)
-def register_wide(entries):
-    """Register (once) the wide-index lookup intrinsic (64 or 256 entries, AVX-512 VBMI); returns its name."""
-    if entries not in (64, 256):
-        raise ValueError(f"no wide lookup intrinsic for {entries} entries: 64 or 256")
-    name = wide_intrin_name(entries)
-    s_tir.TensorIntrin.register(name, _wide_description(entries), _wide_implementation(entries), override=True)
+def register_wide(entries, isa):
+    """Register (once) the wide-index lookup intrinsic (64 or 256 entries) for ``isa`` (one of
+    :data:`WIDE_ISAS`); returns its name."""
+    if entries not in (64, 256) or isa not in WIDE_ISAS:
+        raise ValueError(f"no wide lookup intrinsic for {entries} entries on {isa!r}: 64 or 256 entries, on one "
+                         f"of {', '.join(WIDE_ISAS)}")
+    name = wide_intrin_name(entries, isa)
+    s_tir.TensorIntrin.register(name, _wide_description(entries, VECTOR_BYTES[isa]),
+                                _wide_implementation(entries, isa), override=True)
     return name
 
 

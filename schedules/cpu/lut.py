@@ -102,7 +102,7 @@ class LutLookup:
             if entries == x86_lut.ENTRIES:
                 intrin = x86_lut.register(isa, paired=len(sch.get_loops(sch.get_sblock("Y1"))) == 6)
             else:
-                intrin = x86_lut.register_wide(entries)
+                intrin = x86_lut.register_wide(entries, isa)
         sch.compute_inline(sch.get_sblock("Xp"))
         for name in PRECOMPUTE:
             if name in names:
