@@ -172,6 +172,8 @@ def trained_model(config, stream, retrain=False):
 class Evaluator:
     """The float model's logits and loss on held-out windows, and the same for quantized copies."""
 
+    second_metric = "loss"  # the name of measure()'s second value in the rows
+
     def __init__(self, model, held_windows):
         torch = _require_torch()
         self.model, self.inputs, self.targets = model, held_windows[:, :-1], held_windows[:, 1:]
@@ -234,13 +236,14 @@ def measure_head_mode(model, evaluator, calibration, budget, head):
 
     def record(label, started, **options):
         quantized = quantized_copy(model, head=head, **options)
-        sqnr, loss = evaluator.measure(quantized)
+        sqnr, second = evaluator.measure(quantized)
         report = getattr(quantized, "lowbit_allocation", None)
-        rows[label] = {"bits_per_weight": average_bits(quantized), "sqnr_db": sqnr, "loss": loss,
+        rows[label] = {"bits_per_weight": average_bits(quantized), "sqnr_db": sqnr, evaluator.second_metric: second,
                        "seconds": round(time.time() - started, 2)}
         if report is not None:
             rows[label]["formats"] = report.formats()
-        print(f"  {head:<10} {label:<40} {rows[label]['bits_per_weight']:6.3f} bpw  {sqnr:6.2f} dB  loss {loss:.4f}")
+        print(f"  {head:<10} {label:<40} {rows[label]['bits_per_weight']:6.3f} bpw  {sqnr:6.2f} dB  "
+              f"{evaluator.second_metric} {second:.4f}", flush=True)
         return report
 
     for name in SINGLE:
@@ -311,26 +314,35 @@ def main(argv=None):
     return 0
 
 
-def _write(args, config, results, held_loss, train_loss, train_seconds, seconds):
-    from lowbit.compiler import quality
+def layer_rows(report):
+    """Every (layer, format) cell of an allocation report's table, for the results JSON."""
+    return [{"layer": c.layer, "format": c.format, "bits_per_weight": c.bits_per_weight,
+             "weight_sqnr_db": c.weight_sqnr_db, "output_sqnr_db": c.output_sqnr_db} for row in report.table
+            for c in row]
 
+
+def _write(args, config, results, held_loss, train_loss, train_seconds, seconds):
     os.makedirs(args.out, exist_ok=True)
     init = "" if config.init == Config.init else f"-{config.init}-init"
     stem = os.path.join(args.out, f"quality-transformer{init}-{datetime.date.today().isoformat()}")
-    rows, report = results["all"]
-    singles = {k: (v["bits_per_weight"], v["sqnr_db"]) for k, v in rows.items() if " " not in k}
-    quality.plot_error_vs_bits(report.table, stem + ".png", singles,
-                               title="byte-level transformer (4 blocks, d 128) trained on the Python stdlib")
-    layers = [{"layer": c.layer, "format": c.format, "bits_per_weight": c.bits_per_weight,
-               "weight_sqnr_db": c.weight_sqnr_db, "output_sqnr_db": c.output_sqnr_db} for row in report.table
-              for c in row]
     result = {"model": dataclasses.asdict(config), "train_loss": train_loss, "held_out_loss": held_loss,
               "train_seconds": round(train_seconds, 1), "total_seconds": round(seconds, 1), "budget": args.budget,
               "end_to_end": {head: rows for head, (rows, _) in results.items()},
-              "bars": {head: bars(rows, args.budget) for head, (rows, _) in results.items()}, "layers": layers}
+              "bars": {head: bars(rows, args.budget) for head, (rows, _) in results.items()}}
+    write_results(stem, *results["all"], "byte-level transformer (4 blocks, d 128) trained on the Python stdlib",
+                  result)
+
+
+def write_results(stem, rows, report, title, result):
+    """``stem.png`` (error vs bits: the report's layers and the single formats' end-to-end SQNR) and
+    ``stem.json`` (``result`` with every (layer, format) cell of the report added)."""
+    from lowbit.compiler import quality
+
+    singles = {k: (v["bits_per_weight"], v["sqnr_db"]) for k, v in rows.items() if " " not in k}
+    quality.plot_error_vs_bits(report.table, stem + ".png", singles, title=title)
     with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {stem}.png and {stem}.json ({seconds:.0f} s in all)")
+        json.dump(dict(result, layers=layer_rows(report)), f, indent=1)
+    print(f"wrote {stem}.png and {stem}.json ({result['total_seconds']:.0f} s in all)")
 
 
 if __name__ == "__main__":
