@@ -23,12 +23,15 @@ from lowbit.errors import InputError
 # benchmarks/quality_transformer.py model a calibrated 3.25-bit choice among these is 0.4 dB better than among
 # the seven formats up to 4 bits (the same within 0.05 dB when its lm_head stays float). The group-128 formats
 # give it finer steps (x.125-x.19 bits): +0.55 / +0.85 dB more there (every layer / lm_head float). Every
-# default has a fast CPU kernel (a8 or lut) on every AVX2 host. The 2-D grids (higgs{b}g{G}v2) add 0.3-0.5 dB
-# more but are not defaults: at 3 and 4 bits their lut kernel needs AVX-512 VBMI (without it the gathering
-# decode runs them, ~10x slower at M=1). Quantizing them takes 1-1.7x as long as higgs3g64 (a 4096 x 4096
-# weight: 6.5 / 10.4 s at 3 / 4 bits vs 6.2 s; before the cell-table nearest-point search, 15 / 43 s).
+# default has a fast CPU kernel (a8 or lut) on every AVX2 host. The 2-D grids (higgs{b}g{G}v2) add 0.3-0.5 dB on
+# the byte transformer and 0.26 dB on all-MiniLM-L6-v2 (benchmarks/quality_minilm.py). They joined the defaults
+# when their lut kernel ran on every AVX2 host (sliced tables through vpshufb without VBMI: 4-7x their gathering
+# decode) and their nearest-point search got a cell table: quantizing them takes 1-1.7x as long as higgs3g64 (a
+# 4096 x 4096 weight: 6.5 / 10.4 s at 3 / 4 bits vs 6.2 s; 15 / 43 s before). They make a budgeted compile
+# quantize each layer into 22 formats instead of 16, and measure 22 cells per layer with calibration.
 DEFAULT_CANDIDATES = ("w2g64", "w3g64", "w4g64", "higgs2g64", "higgs3g64", "higgs4g64", "nf4g64", "w5g64", "w6g64",
-                      "w8g64", "w2g128", "w3g128", "w4g128", "higgs2g128", "higgs3g128", "higgs4g128")
+                      "w8g64", "w2g128", "w3g128", "w4g128", "higgs2g128", "higgs3g128", "higgs4g128",
+                      "higgs2g64v2", "higgs3g64v2", "higgs4g64v2", "higgs2g128v2", "higgs3g128v2", "higgs4g128v2")
 
 
 @dataclasses.dataclass(frozen=True)

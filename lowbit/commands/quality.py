@@ -16,7 +16,8 @@ def add_arguments(parser):
     parser.add_argument("model", metavar="FLOAT.onnx", help="the float ONNX model")
     parser.add_argument("--formats", metavar="NAME[,NAME...]",
                         help="candidate formats (default: w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64,"
-                             "w5g64,w6g64,w8g64,w2g128,w3g128,w4g128,higgs2g128,higgs3g128,higgs4g128)")
+                             "w5g64,w6g64,w8g64,w2g128,w3g128,w4g128,higgs2g128,higgs3g128,higgs4g128,"
+                             "higgs2g64v2,higgs3g64v2,higgs4g64v2,higgs2g128v2,higgs3g128v2,higgs4g128v2)")
     parser.add_argument("--calibration", metavar="DATA.npz",
                         help="sample model inputs (an .npz keyed by input name): output and end-to-end SQNR")
     parser.add_argument("--budget-bits", type=float, metavar="BITS",

@@ -34,7 +34,8 @@ def add_budget_argument(parser):
     parser.add_argument("--budget-bits", type=float, metavar="BITS",  # defaults spelled out: see commands/quality
                         help="choose each layer's format among the --format candidates (default for compile: "
                              "w2g64,w3g64,w4g64,higgs2g64,higgs3g64,higgs4g64,nf4g64,w5g64,w6g64,w8g64,w2g128,"
-                             "w3g128,w4g128,higgs2g128,higgs3g128,higgs4g128) so the "
+                             "w3g128,w4g128,higgs2g128,higgs3g128,higgs4g128,higgs2g64v2,higgs3g64v2,higgs4g64v2,"
+                             "higgs2g128v2,higgs3g128v2,higgs4g128v2) so the "
                              "average bits per weight, scales and zero points included, stay within BITS")
 
 
