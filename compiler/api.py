@@ -105,7 +105,7 @@ def is_onnx_model(model):
     return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
 
 
-def _import_onnx(model, format, method, calibration, budget_bits):  # noqa: A002
+def _import_onnx(model, format, method, calibration, budget_bits, progress=False):  # noqa: A002
     """(ImportedModel, allocation summary dict or None) of an ONNX model, quantizing it on the way when asked."""
     from lowbit.frontends.onnx import import_onnx, load_onnx
     from lowbit.frontends.onnx_quantize import ALLOCATION_KEY, quantize_onnx_layers
@@ -115,7 +115,8 @@ def _import_onnx(model, format, method, calibration, budget_bits):  # noqa: A002
         from lowbit.compiler.quality import DEFAULT_CANDIDATES
 
         candidates = DEFAULT_CANDIDATES if format is None else format
-        proto, _, weights, report = quantize_onnx_layers(model, candidates, method, calibration, budget_bits)
+        proto, _, weights, report = quantize_onnx_layers(model, candidates, method, calibration, budget_bits,
+                                                         progress)
         return import_onnx(proto, weights=weights), report.as_manifest()
     if format is not None:
         (format,) = candidate_formats(format)  # several candidates need budget_bits: a clear error
@@ -170,7 +171,7 @@ def _with_allocation(manifest, allocation):
 
 def _compile_onnx(model, info, format, kernel, dump_ir, progress, method, calibration, tuning_log,  # noqa: A002
                   budget_bits=None):
-    imported, allocation = _import_onnx(model, format, method, calibration, budget_bits)
+    imported, allocation = _import_onnx(model, format, method, calibration, budget_bits, progress)
     if not imported.quantized:
         hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
             else "it has no MatMul / Gemm with a constant 2-D weight"
@@ -217,7 +218,8 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
     dump_ir : str, optional
         Folder to write the IR after each phase.
     progress : bool
-        Show a progress bar over the quantized layers while their kernels are built (ONNX / torch models).
+        Show a progress bar over the quantized layers while their kernels are built (ONNX / torch models), and
+        with ``budget_bits`` over the (layer, format) measurements of the per-layer choice (ONNX).
     tuning_log : None, str, os.PathLike or False
         Tuning records to take each M bucket's schedule from (``lowbit tune --log DIR``'s folder); None: the
         records shipped with lowbit for the target (``lowbit/tuning_logs/<target tag>/``); False: the rules'

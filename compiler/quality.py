@@ -47,18 +47,23 @@ class LayerQuality:
     end_to_end_error: object = None  # with run: the model output's relative squared error, this layer alone quantized
 
 
-def measure_layers(weights, candidates, inputs=None, names=None, quantizer=None, run=None):
+def measure_layers(weights, candidates, inputs=None, names=None, quantizer=None, run=None, progress=False):
     """Every layer in every candidate format: a list (per layer) of lists (per candidate) of LayerQuality.
 
     ``quantizer(index, weight, format) -> QuantizedWeight`` (default RTN :func:`quantize`) lets a caller use
     GPTQ; ``inputs[l]`` are layer ``l``'s calibration inputs (M, K); with ``run(weights) -> output`` (the
     model on calibration data) each cell also gets its end-to-end error: one model run per (layer, format).
+    ``progress``: a progress bar over the cells on stderr (minutes for a transformer with calibration).
     """
+    from tqdm import tqdm
+
     names = names or [f"layer{i}" for i in range(len(weights))]
     formats = [parse_format(c) for c in _checked_candidates(candidates)]
     quantizer = quantizer or (lambda index, w, fmt: quantize(w, fmt))
     end_to_end = None if run is None else _end_to_end_error(run, weights)
     table = []
+    bar = tqdm(total=len(weights) * len(formats), desc="lowbit: layers x formats measured", unit="cell",
+               disable=not progress, dynamic_ncols=True)
     for index, w in enumerate(weights):
         w = np.asarray(w, np.float64)
         x = None if inputs is None else _checked_inputs(inputs[index], w, names[index])
@@ -69,7 +74,9 @@ def measure_layers(weights, candidates, inputs=None, names=None, quantizer=None,
             row.append(LayerQuality(names[index], fmt.name, fmt.bits_per_weight(w.shape[1]),
                                     allocation.sqnr_db(w, approx), output, allocation.relative_error(w, approx, x),
                                     None if end_to_end is None else end_to_end(index, approx)))
+            bar.update()
         table.append(row)
+    bar.close()
     return table
 
 
@@ -104,7 +111,8 @@ def _checked_inputs(x, w, name):
     return x
 
 
-def choose_formats(weights, candidates, budget_bits, inputs=None, run=None, names=None, quantizer=None):
+def choose_formats(weights, candidates, budget_bits, inputs=None, run=None, names=None, quantizer=None,
+                   progress=False):
     """Per-layer formats minimising the predicted error within ``budget_bits`` average bits per weight.
 
     The predicted error is the linearity theorem's sum over layers. With ``run`` (calibration) each term is
@@ -114,13 +122,14 @@ def choose_formats(weights, candidates, budget_bits, inputs=None, run=None, name
     output error in all six candidate sets x head modes tried, by 0.1-0.8 dB end to end at 3.25 bits: a
     format's error is not isotropic noise (e.g. HIGGS's errors in a key projection lie along its top output
     direction), and the direct measure sees that. Data-free (no ``run``): each layer's ``t**2`` (output
-    error on ``inputs`` when given, else weight error) with every sensitivity 1.
+    error on ``inputs`` when given, else weight error) with every sensitivity 1. ``progress``: see
+    :func:`measure_layers`.
 
     Returns
     -------
     (formats, allocation, table) : (list of str, allocation.Allocation, measure_layers' table)
     """
-    table = measure_layers(weights, candidates, inputs, names, quantizer, run)
+    table = measure_layers(weights, candidates, inputs, names, quantizer, run, progress)
     sizes = [int(np.asarray(w).size) for w in weights]
     bits = [[cell.bits_per_weight for cell in row] for row in table]
     measured = run is not None

@@ -1,6 +1,7 @@
 """``lowbit.quantize_model``: quantize the linear layers of a torch module or a float ONNX model.
 
-``quantize_model(model, formats="w4g128", method="rtn" | "gptq", calibration=None, budget_bits=None)``.
+``quantize_model(model, formats="w4g128", method="rtn" | "gptq", calibration=None, budget_bits=None,
+progress=False)``.
 
 - torch ``nn.Module``: every ``nn.Linear`` becomes a :class:`lowbit.frontends.torch_quantize.QuantizedLinear`
   holding the exact codes, scales and zero points (``frontends/torch_quantize.py``); the model is changed in
@@ -94,9 +95,10 @@ class AllocationReport:
                 "candidates": self.candidates, "sensitivities": self.sensitivities, "layers": self.layers}
 
 
-def allocate_formats(layer_set, candidates, budget_bits, method="rtn"):
+def allocate_formats(layer_set, candidates, budget_bits, method="rtn", progress=False):
     """Choose a format per layer of a :class:`~lowbit.frontends.layer_sets.LayerSet` within ``budget_bits``;
-    returns an :class:`AllocationReport`. GPTQ (``method="gptq"``) is used for the candidates' errors too."""
+    returns an :class:`AllocationReport`. GPTQ (``method="gptq"``) is used for the candidates' errors too.
+    ``progress``: a progress bar over the (layer, format) measurements."""
     from lowbit.compiler import quality
 
     quantizer = None
@@ -105,7 +107,7 @@ def allocate_formats(layer_set, candidates, budget_bits, method="rtn"):
             return quantize_weight(w, fmt, method, layer_set.hessians[index])
     names = [fmt.name for fmt in candidates]
     formats, allocation, table = quality.choose_formats(layer_set.weights, names, budget_bits, layer_set.inputs,
-                                                        layer_set.run, layer_set.names, quantizer)
+                                                        layer_set.run, layer_set.names, quantizer, progress)
     layers = []
     for row, chosen, w in zip(table, formats, layer_set.weights):
         cell = next(c for c in row if c.format == chosen)
@@ -116,7 +118,7 @@ def allocate_formats(layer_set, candidates, budget_bits, method="rtn"):
                             "equal" if layer_set.run is None else "measured", layers, table)
 
 
-def layer_formats(candidates, budget_bits, method, count, layer_set, hessians):
+def layer_formats(candidates, budget_bits, method, count, layer_set, hessians, progress=False):
     """(format per layer, {layer name: X^T X}, AllocationReport or None) for a frontend's ``count`` layers.
 
     ``layer_set()`` makes the :class:`~lowbit.frontends.layer_sets.LayerSet` (with a budget);
@@ -124,7 +126,7 @@ def layer_formats(candidates, budget_bits, method, count, layer_set, hessians):
     """
     if budget_bits is not None:
         chosen_set = layer_set()
-        report = allocate_formats(chosen_set, candidates, budget_bits, method)
+        report = allocate_formats(chosen_set, candidates, budget_bits, method, progress)
         return ([parse_format(name) for name in report.formats()],
                 dict(zip(chosen_set.names, chosen_set.hessians or [])), report)
     return candidates * count, hessians() if method == "gptq" else {}, None
@@ -141,7 +143,7 @@ def is_torch_module(model):
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budget_bits=None):
+def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budget_bits=None, progress=False):
     """Quantize the linear layers of ``model`` to ``formats`` (see the module docstring).
 
     Parameters
@@ -155,6 +157,9 @@ def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budg
         measured sensitivities).
     budget_bits : float, optional
         Average bits per weight (scales included) for a per-layer choice among ``formats``.
+    progress : bool
+        With a budget, a progress bar (stderr) over the (layer, format) measurements: with calibration each is
+        one run of the model, minutes for a transformer.
 
     Returns
     -------
@@ -169,10 +174,10 @@ def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budg
     if is_onnx_model(model):
         from lowbit.frontends.onnx_quantize import quantize_onnx
 
-        return quantize_onnx(model, candidates, method, calibration, budget_bits=budget_bits)
+        return quantize_onnx(model, candidates, method, calibration, budget_bits=budget_bits, progress=progress)
     if is_torch_module(model):
         from lowbit.frontends.torch_quantize import quantize_torch
 
-        return quantize_torch(model, candidates, method, calibration, budget_bits=budget_bits)
+        return quantize_torch(model, candidates, method, calibration, budget_bits=budget_bits, progress=progress)
     raise ModelError(f"quantize_model takes a torch.nn.Module or an ONNX model (path or onnx.ModelProto), got "
                      f"{type(model).__name__}")

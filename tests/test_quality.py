@@ -25,6 +25,16 @@ def test_sequential_view_records_each_layers_inputs_and_runs_the_model(mlp):
     np.testing.assert_allclose(run(weights), h @ weights[1].T)
 
 
+def test_measuring_shows_progress_over_the_cells_only_when_asked(mlp, capsys):
+    model, x = mlp
+    weights, inputs, run = quality.sequential_view(model, x)
+    quality.choose_formats(weights, ["w2g64", "w4g64", "higgs3g64"], 3.5, inputs, run, progress=True)
+    shown = capsys.readouterr().err
+    assert "layers x formats measured" in shown and "6/6" in shown, shown
+    quality.choose_formats(weights, ["w2g64", "w4g64"], 3.5, inputs, run)
+    assert capsys.readouterr().err == ""
+
+
 def test_layer_table_has_every_layer_and_format_with_output_sqnr_only_given_inputs(mlp):
     model, x = mlp
     weights, inputs, _ = quality.sequential_view(model, x)

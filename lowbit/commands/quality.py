@@ -65,9 +65,10 @@ def run(args):
 
     # with a budget, the allocation's own table (every layer in every candidate) is the one to print
     report = None if args.budget_bits is None else allocate_formats(layer_set, candidates, args.budget_bits,
-                                                                     args.method)
+                                                                     args.method, progress=True)
     table = report.table if report is not None else quality.measure_layers(
-        layer_set.weights, [f.name for f in candidates], layer_set.inputs, layer_set.names, quantizer)
+        layer_set.weights, [f.name for f in candidates], layer_set.inputs, layer_set.names, quantizer,
+        progress=True)
     sizes = np.array([w.size for w in layer_set.weights], np.float64)
     end_to_end = {}
     if layer_set.run is not None:

@@ -66,7 +66,7 @@ def run(args):
     if not os.path.isfile(args.model):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
     proto = quantize_onnx(args.model, candidates, args.method, args.calibration, style=args.style,
-                          budget_bits=args.budget_bits)
+                          budget_bits=args.budget_bits, progress=True)
     temporary = f"{args.output}.tmp{os.getpid()}"
     onnx.save(proto, temporary)
     os.replace(temporary, args.output)  # a failed run leaves no half-written model
