@@ -167,7 +167,8 @@ def test_cli_compile_budget_quality_and_inspect(rng, tmp_path):
 
 def test_torch_model_with_2d_grid_layers_compiles_and_matches_eager(rng):
     """2-D-grid HIGGS through the whole-model pipeline (torch.export -> Relax -> kernels): a 2-bit grid runs the
-    lut kernel (4-bit pair codes), a 3-bit one lut too with AVX-512 VBMI (6-bit codes, vpermb), else decode;
+    lut kernel (4-bit pair codes), a 3-bit one lut too (6-bit codes: vpermb with AVX-512 VBMI, sliced tables
+    through vpshufb with AVX2), decode only without AVX2;
     the layers' K is the weight's, not the code count's (K / 2)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)

@@ -222,8 +222,15 @@ def test_bad_2d_codebooks_say_what_is_wrong(make, message):
         make()
 
 
-def test_gptq_declines_2d_codebooks():
+def test_gptq_of_a_2d_codebook_codes_pairs_of_columns():
+    """GPTQ rounds a 2-D codebook a pair at a time (tests/test_gptq.py measures its error): one code per pair,
+    each weight pair a codebook point times its group's scale."""
     from lowbit.compiler.gptq import gptq_quantize
 
-    with pytest.raises(FormatError, match="codes pairs of columns"):
-        gptq_quantize(np.ones((2, 64)), np.eye(64), CB2D)
+    fmt = parse_format(CB2D)
+    weight = np.random.default_rng(8).standard_normal((3, 64))
+    qw = gptq_quantize(weight, np.eye(64) + 0.5, CB2D)
+    assert qw.format == fmt and qw.codes.shape == (3, 32) and int(qw.codes.max()) < len(fmt.points)
+    pairs = qw.dequantize().reshape(3, -1, 2)
+    scales = np.repeat(qw.scales.astype(np.float64), fmt.group_size // 2, axis=1)
+    np.testing.assert_allclose(pairs, scales[..., None] * fmt.points[qw.codes], rtol=1e-6)
