@@ -15,7 +15,8 @@ with the checkpoint's WordPiece tokenizer and cut into windows of 64 tokens (``[
 padding): calibration from the first half, evaluation from the second. Reported per quantized copy: the
 end-to-end SQNR of the last hidden states (every token, as the transformer benchmark's logits) and the mean
 cosine similarity of the mean-pooled sentence embeddings with the float model's (what the checkpoint is used
-for); the rows and the issue's bars are those of ``quality_transformer.py``. About 20 minutes (23 with a second job on the 2-core machine).
+for); the rows and the issue's bars are those of ``quality_transformer.py``. About 20 minutes (23 with a second
+job on the 2-core machine).
 
     python benchmarks/quality_minilm.py [--budget 3.25] [--out benchmarks/results]
 """
