@@ -31,7 +31,7 @@ import numpy as np
 
 from lowbit.compiler import higgs
 from lowbit.compiler.formats import QuantizedWeight, encode, kernel_format, parse_format, quantize
-from lowbit.errors import FormatError, WeightError
+from lowbit.errors import WeightError
 
 DEFAULT_DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (GPTQ's default)
 

@@ -181,7 +181,7 @@ def _shuffled(Tb, word, entries, isa):
     """The looked-up bytes through ``vpshufb``: every 16-entry slice of the table looked up with the index's
     low 4 bits, then a select tree on bits 4.. (slice pairs, then pairs of pairs) keeps the index's slice."""
     lanes = VECTOR_BYTES[isa]
-    i8, u8 = f"int8x{lanes}", f"uint8x{lanes}"
+    i8 = f"int8x{lanes}"
     low = T.reinterpret(T.bitwise_and(word, T.broadcast(T.uint8(ENTRIES - 1), lanes)), dtype=i8)
     found = [T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id(_SHUFFLE[isa]),
