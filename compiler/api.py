@@ -105,7 +105,7 @@ def is_onnx_model(model):
     return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
 
 
-def _import_onnx(model, format, method, calibration, budget_bits, progress=False):  # noqa: A002
+def _import_onnx(model, format, method, calibration, budget_bits, progress=False, estimate="direct"):  # noqa: A002
     """(ImportedModel, allocation summary dict or None) of an ONNX model, quantizing it on the way when asked."""
     from lowbit.frontends.onnx import import_onnx, load_onnx
     from lowbit.frontends.onnx_quantize import ALLOCATION_KEY, quantize_onnx_layers
@@ -116,7 +116,7 @@ def _import_onnx(model, format, method, calibration, budget_bits, progress=False
 
         candidates = DEFAULT_CANDIDATES if format is None else format
         proto, _, weights, report = quantize_onnx_layers(model, candidates, method, calibration, budget_bits,
-                                                         progress)
+                                                         progress, estimate)
         return import_onnx(proto, weights=weights), report.as_manifest()
     if format is not None:
         (format,) = candidate_formats(format)  # several candidates need budget_bits: a clear error
@@ -170,8 +170,8 @@ def _with_allocation(manifest, allocation):
 
 
 def _compile_onnx(model, info, format, kernel, dump_ir, progress, method, calibration, tuning_log,  # noqa: A002
-                  budget_bits=None):
-    imported, allocation = _import_onnx(model, format, method, calibration, budget_bits, progress)
+                  budget_bits=None, estimate="direct"):
+    imported, allocation = _import_onnx(model, format, method, calibration, budget_bits, progress, estimate)
     if not imported.quantized:
         hint = "pass format=... (e.g. 'w4g128') to quantize its float MatMul / Gemm weights" if format is None \
             else "it has no MatMul / Gemm with a constant 2-D weight"
@@ -198,7 +198,7 @@ def _compile_torch(model, example_inputs, info, kernel, dump_ir, progress, dynam
 
 def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto", dump_ir=None,  # noqa: A001,A002
             progress=False, method="rtn", calibration=None, dynamic_shapes=None, tuning_log=None,
-            budget_bits=None):
+            budget_bits=None, estimate="direct"):
     """Compile a model into a :class:`CompiledModel`.
 
     Parameters
@@ -235,14 +235,19 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
         Float ONNX models: choose each layer's format among ``format`` (a list of candidates; default
         :data:`lowbit.compiler.quality.DEFAULT_CANDIDATES`) so the average bits per weight stay within this
         budget (see :func:`lowbit.quantize_model`); the manifest records the choice and each layer's SQNR.
+    estimate : {"direct", "probed"}
+        With ``budget_bits`` and ``calibration``: how each (layer, format)'s end-to-end error is found (see
+        :func:`lowbit.quantize_model`).
     """
-    from lowbit.frontends.quantize import check_method, is_torch_module
+    from lowbit.frontends.quantize import check_estimate, check_method, is_torch_module
 
     if is_torch_module(model):
-        if format is not None or method != "rtn" or calibration is not None or budget_bits is not None:
-            raise ModelError("format / method / calibration quantize ONNX and Sequential models on the way; a torch "
-                             "module is quantized first, in place: lowbit.quantize_model(model, formats=..., "
-                             "method=..., calibration=..., budget_bits=...), then lowbit.compile(model, example_inputs)")
+        if format is not None or method != "rtn" or calibration is not None or budget_bits is not None or \
+                estimate != "direct":
+            raise ModelError("format / method / calibration / budget_bits / estimate quantize ONNX and Sequential "
+                             "models on the way; a torch module is quantized first, in place: "
+                             "lowbit.quantize_model(model, formats=..., method=..., calibration=..., budget_bits=..., "
+                             "estimate=...), then lowbit.compile(model, example_inputs)")
         return _compile_torch(model, example_inputs, resolve_target(target), kernel, dump_ir, progress,
                               dynamic_shapes, tuning_log)
     if example_inputs is not None:
@@ -250,9 +255,10 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
                          "keyword: lowbit.compile(model, target='cpu')")
     if format is not None or budget_bits is not None:
         check_method(method, calibration)
+    check_estimate(estimate, budget_bits, calibration)
     if is_onnx_model(model):
         return _compile_onnx(model, resolve_target(target), format, kernel, dump_ir, progress, method,
-                             calibration, tuning_log, budget_bits)
+                             calibration, tuning_log, budget_bits, estimate)
     if budget_bits is not None:
         raise ModelError("budget_bits chooses per-layer formats for float ONNX models (and torch modules through "
                          f"lowbit.quantize_model), not for a {type(model).__name__}")

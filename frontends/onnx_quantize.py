@@ -110,7 +110,8 @@ def _with_outputs(proto, layers):
     return probe
 
 
-def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False):
+def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False,
+                         estimate="direct"):
     """Quantize the float layers of ``model``: returns (named ModelProto, layers, {node name: QuantizedWeight},
     AllocationReport or None).
 
@@ -132,7 +133,8 @@ def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_
         raise ModelError("the ONNX model has no float MatMul / Gemm with a constant 2-D weight to quantize")
     chosen, hessians, report = layer_formats(candidates, budget_bits, method, len(layers),
                                              lambda: onnx_layer_set(proto, layers, calibration),
-                                             lambda: layer_hessians(proto, layers, calibration), progress)
+                                             lambda: layer_hessians(proto, layers, calibration), progress,
+                                             estimate)
     weights = {}
     for layer, fmt in zip(layers, chosen):
         try:
@@ -146,7 +148,8 @@ def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_
 ALLOCATION_KEY = "lowbit.allocation"  # metadata_props key of a budget-quantized model's AllocationReport (JSON)
 
 
-def quantize_onnx(model, formats, method="rtn", calibration=None, style="qdq", budget_bits=None, progress=False):
+def quantize_onnx(model, formats, method="rtn", calibration=None, style="qdq", budget_bits=None, progress=False,
+                  estimate="direct"):
     """Quantize a float ONNX model and return it as a quantized ``onnx.ModelProto`` (``style``: ``qdq`` =
     blocked ``DequantizeLinear`` of the integers, ``matmulnbits`` = ``com.microsoft.MatMulNBits``). With
     ``budget_bits`` the per-layer choice's report is kept as JSON in ``metadata_props[ALLOCATION_KEY]``."""
@@ -155,7 +158,7 @@ def quantize_onnx(model, formats, method="rtn", calibration=None, style="qdq", b
     from lowbit.frontends.onnx_export import write_quantized
 
     proto, layers, weights, report = quantize_onnx_layers(model, formats, method, calibration, budget_bits,
-                                                          progress)
+                                                          progress, estimate)
     quantized = write_quantized(proto, layers, weights, style)
     if report is not None:
         entry = quantized.metadata_props.add()

@@ -133,7 +133,8 @@ def linear_hessians(model, calibration):
     return {name: value.cpu().numpy() for name, value in sums.items()}
 
 
-def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False):
+def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False,
+                   estimate="direct"):
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantizedLinear`; returns ``model``.
 
     ``formats``: one format, or with ``budget_bits`` the candidates each layer's format is chosen from
@@ -150,7 +151,7 @@ def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=N
     model.eval()
     chosen, hessians, report = layer_formats(candidates, budget_bits, method, len(layers),
                                              lambda: torch_layer_set(model, layers, calibration),
-                                             lambda: linear_hessians(model, calibration), progress)
+                                             lambda: linear_hessians(model, calibration), progress, estimate)
     for (name, linear), fmt in zip(layers, chosen):
         try:
             quantized = QuantizedLinear.from_linear(linear, fmt, method, hessians.get(name))

@@ -105,17 +105,18 @@ def test_codebook_candidates_cannot_be_written_as_onnx(rng):
         quantize_onnx(model, ["higgs3g32"], budget_bits=3.5)
 
 
-def test_torch_budget_with_calibration(rng):
+@pytest.mark.parametrize("estimate, sensitivities", [("direct", "measured"), ("probed", "probed")])
+def test_torch_budget_with_calibration(rng, estimate, sensitivities):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32))
     x = torch.randn(8, 64)
     reference = model(x).detach().numpy()
     batches = [torch.randn(32, 64) for _ in range(2)]
-    lowbit.quantize_model(model, formats=CANDIDATES, budget_bits=3.3, calibration=batches)
+    lowbit.quantize_model(model, formats=CANDIDATES, budget_bits=3.3, calibration=batches, estimate=estimate)
     report = model.lowbit_allocation
     assert [m.format_name for m in (model[0], model[2])] == report.formats()
-    assert report.bits_per_weight <= 3.3 and report.sensitivities == "measured"
+    assert report.bits_per_weight <= 3.3 and report.sensitivities == sensitivities
     y = model(x).detach().numpy()
     assert 20 * np.log10(np.linalg.norm(reference) / np.linalg.norm(reference - y)) > 5  # quantized, not broken
     compiled = lowbit.compile(model, (x,), target="cpu", kernel="decode")

@@ -85,7 +85,11 @@ def test_gptq_group_must_divide_k():
     ({"formats": "w4g128", "method": "awq"}, ModelError, "unknown quantization method 'awq'"),
     ({"formats": "w4g128", "method": "gptq"}, ModelError, "needs calibration"),
     ({"formats": "w5x"}, FormatError, "unknown weight format"),
-], ids=["several-formats", "no-format", "unknown-method", "gptq-without-data", "bad-format"])
+    ({"formats": "w4g128", "estimate": "guess"}, ModelError, "unknown error estimate 'guess'"),
+    ({"formats": ["w2g64", "w4g64"], "budget_bits": 3.0, "estimate": "probed"}, ModelError,
+     "needs budget_bits and calibration"),
+], ids=["several-formats", "no-format", "unknown-method", "gptq-without-data", "bad-format", "bad-estimate",
+        "probed-without-data"])
 def test_quantize_model_argument_errors_name_the_fix(kwargs, error, message):
     with pytest.raises(error, match=message):
         lowbit.quantize_model(object(), **kwargs)

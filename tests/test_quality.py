@@ -105,6 +105,33 @@ def test_calibrated_choice_weighs_each_layer_format_by_its_measured_end_to_end_e
     assert all(c.end_to_end_error is None for row in quality.measure_layers(weights, candidates) for c in row)
 
 
+def test_probed_estimate_weighs_each_layers_output_error_by_its_sensitivity():
+    """estimate="probed": each cell's error is the layer's output error times its noise-probed sensitivity
+    (4 model runs per layer plus the reference, none per cell). Here the second layer's outputs are scaled
+    by 100 in the model's output: its sensitivity is ~10^4 times the first's, and the choice gives it the bits."""
+    from lowbit.compiler import allocation
+
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal((64, 128)), rng.standard_normal((512, 128))]
+    x = rng.standard_normal((96, 128))
+    runs = []
+
+    def run(ws):
+        runs.append(1)
+        return np.concatenate([100 * x @ np.asarray(ws[0]).T, x @ np.asarray(ws[1]).T], axis=1)
+
+    candidates = ["w2g64", "w4g64", "w8g64"]
+    formats, alloc, table = quality.choose_formats(weights, candidates, 3.0, [x, x], run, estimate="probed")
+    assert len(runs) == 2 * 4 + 1
+    alphas = allocation.measure_sensitivities(run, weights, inputs=[x, x])
+    assert alphas[0] > 1000 * alphas[1]
+    picked = [next(c for c in row if c.format == f) for row, f in zip(table, formats)]
+    assert alloc.predicted_error == pytest.approx(sum(a * c.relative_error for a, c in zip(alphas, picked)))
+    assert formats == ["w8g64", "w2g64"] and all(c.end_to_end_error is None for row in table for c in row)
+    with pytest.raises(InputError, match="unknown error estimate 'exact'"):
+        quality.choose_formats(weights, candidates, 3.0, [x, x], run, estimate="exact")
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda x: x[:0], "non-empty"), (lambda x: x[:, :10], "10 features")])
 def test_bad_calibration_inputs_are_errors(mlp, make, message):

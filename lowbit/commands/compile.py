@@ -43,7 +43,7 @@ def run(args):
     compiled = lowbit.compile(args.model, target=args.target, format=format_list(args.format, args.budget_bits),
                               kernel=args.kernel, budget_bits=args.budget_bits,
                               dump_ir=args.dump_ir, progress=True, method=args.method,
-                              calibration=args.calibration,
+                              calibration=args.calibration, estimate=args.estimate,
                               tuning_log=False if args.no_tuning_log else args.tuning_log)
     compiled.save(args.output)
     _print_summary(compiled.manifest, args.output)

@@ -11,6 +11,8 @@ HELP = "per-layer and end-to-end quantization error (SQNR) of a float ONNX model
 
 
 def add_arguments(parser):
+    from lowbit.commands.quantize import add_estimate_argument
+
     # the defaults are lowbit.compiler.quality.DEFAULT_CANDIDATES, spelled out: every command's arguments are
     # registered in every process, `lowbit measure`'s runtime-only one too, which must not import the compiler
     parser.add_argument("model", metavar="FLOAT.onnx", help="the float ONNX model")
@@ -24,6 +26,7 @@ def add_arguments(parser):
                         help="also show the per-layer choice within BITS average bits per weight")
     parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
                         help="rtn (default) or gptq (needs --calibration)")
+    add_estimate_argument(parser)
     parser.add_argument("--plot", metavar="OUT.png", help="write a plot of SQNR vs bits per weight")
     parser.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
 
@@ -41,11 +44,12 @@ def run(args):
     from lowbit.frontends.onnx import load_onnx
     from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
     from lowbit.frontends.onnx_quantize import float_layers
-    from lowbit.frontends.quantize import allocate_formats, check_method, quantize_weight
+    from lowbit.frontends.quantize import allocate_formats, check_estimate, check_method, quantize_weight
 
     if not os.path.isfile(args.model):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
     check_method(args.method, args.calibration)
+    check_estimate(args.estimate, args.budget_bits, args.calibration)
     names = split_formats(args.formats) if args.formats else list(quality.DEFAULT_CANDIDATES)
     candidates = [parse_format(name) for name in names]  # none at all: measure_layers says so
     for path in (args.plot, args.json):
@@ -65,7 +69,8 @@ def run(args):
 
     # with a budget, the allocation's own table (every layer in every candidate) is the one to print
     report = None if args.budget_bits is None else allocate_formats(layer_set, candidates, args.budget_bits,
-                                                                     args.method, progress=True)
+                                                                     args.method, progress=True,
+                                                                     estimate=args.estimate)
     table = report.table if report is not None else quality.measure_layers(
         layer_set.weights, [f.name for f in candidates], layer_set.inputs, layer_set.names, quantizer,
         progress=True)

@@ -37,6 +37,16 @@ def add_budget_argument(parser):
                              "w3g128,w4g128,higgs2g128,higgs3g128,higgs4g128,higgs2g64v2,higgs3g64v2,higgs4g64v2,"
                              "higgs2g128v2,higgs3g128v2,higgs4g128v2) so the "
                              "average bits per weight, scales and zero points included, stay within BITS")
+    add_estimate_argument(parser)
+
+
+def add_estimate_argument(parser):
+    """--estimate (shared by ``lowbit compile``, ``quantize`` and ``quality``)."""
+    parser.add_argument("--estimate", default="direct", choices=("direct", "probed"),
+                        help="with --budget-bits and --calibration, how each (layer, format)'s end-to-end error is "
+                             "found: direct (default) runs the model once per layer and candidate; probed "
+                             "multiplies the layer's output error by a noise-probed sensitivity, 4 runs per layer "
+                             "(for big models)")
 
 
 def split_formats(text):
@@ -57,16 +67,17 @@ def run(args):
 
     from lowbit.errors import ModelError
     from lowbit.frontends.onnx_quantize import quantize_onnx
-    from lowbit.frontends.quantize import candidate_formats, check_method
+    from lowbit.frontends.quantize import candidate_formats, check_estimate, check_method
 
     candidates = candidate_formats(format_list(args.format, args.budget_bits), args.budget_bits)
     check_method(args.method, args.calibration)
+    check_estimate(args.estimate, args.budget_bits, args.calibration)
     if args.calibration is not None and args.method == "rtn" and args.budget_bits is None:
         raise ModelError("--calibration is used by --method gptq or with --budget-bits: add one, or drop it")
     if not os.path.isfile(args.model):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
     proto = quantize_onnx(args.model, candidates, args.method, args.calibration, style=args.style,
-                          budget_bits=args.budget_bits, progress=True)
+                          budget_bits=args.budget_bits, progress=True, estimate=args.estimate)
     temporary = f"{args.output}.tmp{os.getpid()}"
     onnx.save(proto, temporary)
     os.replace(temporary, args.output)  # a failed run leaves no half-written model
