@@ -63,7 +63,9 @@ def check_method(method, calibration):
 def check_estimate(estimate, budget_bits, calibration):
     """Raise unless ``estimate`` is one of :data:`lowbit.compiler.quality.ESTIMATES` and, when not the default,
     has what it estimates with (a budget and calibration data)."""
-    if estimate not in ("direct", "probed"):
+    from lowbit.compiler.quality import ESTIMATES
+
+    if estimate not in ESTIMATES:
         raise ModelError(f"unknown error estimate {estimate!r}: choose 'direct' (a model run per layer and "
                          "candidate) or 'probed' (noise-probed sensitivities, 4 runs per layer)")
     if estimate == "probed" and (budget_bits is None or calibration is None):
