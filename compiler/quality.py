@@ -28,8 +28,9 @@ from lowbit.errors import InputError
 # when their lut kernel ran on every AVX2 host (sliced tables through vpshufb without VBMI: 4-7x their gathering
 # decode) and their nearest-point search got a cell table: quantizing them takes 1-1.7x as long as higgs3g64 (a
 # 4096 x 4096 weight: 6.5 / 10.4 s at 3 / 4 bits vs 6.2 s; 15 / 43 s before; the BLAS rotation then took
-# another 1.5-1.8 s off every HIGGS format: higgs3g64 5.45 -> 3.64 s, higgs3g64v2 6.13 -> 4.71 s). They make a budgeted compile
-# quantize each layer into 22 formats instead of 16, and measure 22 cells per layer with calibration.
+# another 1.5-1.8 s off every HIGGS format: higgs3g64 5.45 -> 3.64 s, higgs3g64v2 6.13 -> 4.71 s). They make a
+# budgeted compile quantize each layer into 22 formats instead of 16, and measure 22 cells per layer with
+# calibration.
 DEFAULT_CANDIDATES = ("w2g64", "w3g64", "w4g64", "higgs2g64", "higgs3g64", "higgs4g64", "nf4g64", "w5g64", "w6g64",
                       "w8g64", "w2g128", "w3g128", "w4g128", "higgs2g128", "higgs3g128", "higgs4g128",
                       "higgs2g64v2", "higgs3g64v2", "higgs4g64v2", "higgs2g128v2", "higgs3g128v2", "higgs4g128v2")
