@@ -14,7 +14,7 @@ half. Reported: end-to-end SQNR of the logits (``20 log10(|y| / |y - y_hat|)``) 
 single format, GPTQ vs RTN, and the DP allocation at ``--budget`` bits per weight (data-free and calibrated;
 among the seven formats up to 4 bits, lowbit's default candidates without the 2-D grids, and all of them; also
 with GPTQ), then the issue's bars as margins. The trained weights are cached in ``build/`` (repo-ignored)
-keyed by the training settings; ``--retrain`` ignores the cache. About 6.5 minutes in all, 1.5 with the cache.
+keyed by the training settings; ``--retrain`` ignores the cache. About 8 minutes in all, 3.5 with the cache.
 
     python benchmarks/quality_transformer.py [--steps 900] [--budget 3.25] [--out benchmarks/results]
 """
