@@ -167,7 +167,7 @@ def _halton(index, base):
 def nearest_points(values, points, chunk=1 << 12):
     """Index of the nearest grid point for each row of ``values`` (squared distance; ties go to the lower index).
 
-    Many 2-D values go through a cell table (:func:`_cell_candidates`): each value is compared with the few
+    Many 2-D values go through a cell table (:func:`_cell_table`): each value is compared with the few
     points that can be nearest anywhere in its cell, not with all of them. Values outside the table's box, and
     short or other-dimensional inputs, are compared with every point, ``chunk`` rows at a time.
     """
@@ -199,27 +199,39 @@ CELL_TABLE_MIN_VALUES = 1 << 14
 
 def _nearest_in_cells(values, points, chunk):
     """nearest_points for (n, 2) values through the cell table; values outside its box compare with all points."""
-    low, inverse_step, candidates = _cell_candidates(points.tobytes(), len(points))
-    cell = np.floor((values - low) * inverse_step)
+    table = _cell_table(points.tobytes(), len(points))
+    cell = np.floor((values - table.low) * table.inverse_step)
     inside = ((cell >= 0) & (cell < CELLS)).all(axis=1)
     flat = np.where(inside, cell[:, 0] * CELLS + cell[:, 1], 0).astype(np.intp)
-    out = candidates[flat, 0]  # a cell with one candidate (most of them) settles its values here
-    ambiguous = np.flatnonzero(inside & (candidates[flat, 1] != candidates[flat, 0]))
-    # each cell's candidates' x, y and squared norm, gathered a row (one cell) at a time
-    x, y, norms = points[candidates, 0], points[candidates, 1], (points ** 2).sum(axis=1)[candidates]
+    out = table.candidates[flat, 0]  # a cell with one candidate (most of them) settles its values here
+    ambiguous = np.flatnonzero(inside & table.several[flat])
     for start in range(0, len(ambiguous), 1 << 16):
         index = ambiguous[start:start + (1 << 16)]
         cells, v = flat[index], values[index]
-        distance = norms[cells] - 2.0 * (v[:, :1] * x[cells] + v[:, 1:] * y[cells])
-        out[index] = np.take_along_axis(candidates[cells], np.argmin(distance, axis=1)[:, None], axis=1)[:, 0]
+        distance = table.norms[cells] - 2.0 * (v[:, :1] * table.x[cells] + v[:, 1:] * table.y[cells])
+        out[index] = np.take_along_axis(table.candidates[cells], np.argmin(distance, axis=1)[:, None], axis=1)[:, 0]
     outside = np.flatnonzero(~inside)
     out[outside] = _nearest_of_all(values[outside], points, chunk)
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class CellTable:
+    """A 2-D grid's cell table (:func:`_cell_table`); per cell (row ``i * CELLS + j``) its candidates, their
+    coordinates and squared norms (gathered a row at a time), and whether it has more than one candidate."""
+
+    low: np.ndarray            # (2,) the box's low corner
+    inverse_step: np.ndarray   # (2,) 1 / cell size
+    candidates: np.ndarray     # (CELLS * CELLS, width) int64 point indices
+    x: np.ndarray              # (CELLS * CELLS, width) the candidates' coordinates ...
+    y: np.ndarray
+    norms: np.ndarray          # ... and squared norms
+    several: np.ndarray        # (CELLS * CELLS,) bool: more than one candidate
+
+
 @functools.lru_cache(maxsize=16)
-def _cell_candidates(point_bytes, count):
-    """(low corner, 1 / cell size, (CELLS * CELLS, width) int64 candidates) of a 2-D grid's cell table.
+def _cell_table(point_bytes, count):
+    """The :class:`CellTable` of a 2-D grid (``count`` float64 points as bytes).
 
     A point is a candidate of a cell when its least distance to the cell is at most the least, over all points,
     of their greatest distance to the cell (plus 1e-6 for the rounding of a value's cell index): no other
@@ -242,7 +254,8 @@ def _cell_candidates(point_bytes, count):
     for cell, row in enumerate(chosen):
         found = np.flatnonzero(row)
         candidates[cell, :len(found)], candidates[cell, len(found):] = found, found[-1]
-    return low, 1.0 / step, candidates
+    return CellTable(low, 1.0 / step, candidates, points[candidates, 0], points[candidates, 1],
+                     (points ** 2).sum(axis=1)[candidates], candidates[:, 1] != candidates[:, 0])
 
 
 # ---- rotation ------------------------------------------------------------------------------------------------

@@ -54,8 +54,8 @@ def test_cell_table_finds_the_nearest_point_as_the_full_search_does(grid):
     must be the least one."""
     rng = np.random.default_rng(11)
     points = rng.standard_normal((40, 2)) if grid == "random" else higgs.gaussian_grid_2d(int(grid)).astype(np.float64)
-    low, inverse_step, _ = higgs._cell_candidates(points.tobytes(), len(points))
-    edges = low + rng.integers(0, higgs.CELLS + 1, (5000, 2)) / inverse_step  # exactly on cell boundaries
+    table = higgs._cell_table(points.tobytes(), len(points))
+    edges = table.low + rng.integers(0, higgs.CELLS + 1, (5000, 2)) / table.inverse_step  # exactly on cell edges
     ties = (points[rng.integers(0, len(points), 5000)] + points[rng.integers(0, len(points), 5000)]) / 2  # midpoints
     values = np.concatenate([rng.standard_normal((1 << 15, 2)) * 1.2, rng.standard_normal((3000, 2)) * 9, edges,
                              ties])
