@@ -120,6 +120,12 @@ def _description(lanes, paired):
     return desc_paired if paired else desc
 
 
+def _lane_table(Tb, start, lanes):
+    """The 16 table entries from ``start`` in every 128-bit lane of a ``lanes``-byte vector (a vbroadcasti32x4 /
+    vbroadcasti128): what ``vpshufb`` looks up in, lane by lane."""
+    return T.Shuffle([Tb.vload([start], f"int8x{ENTRIES}")] * (lanes // ENTRIES), list(range(lanes)))
+
+
 def _implementation(isa, paired):
     lanes = VECTOR_BYTES[isa]
     rows = lanes // 2 if paired else lanes
@@ -132,8 +138,7 @@ def _implementation(isa, paired):
         with T.sblock("root"):
             T.reads(C[0:2, 0:rows], W[0:lanes], Tb[0:ENTRIES])
             T.writes(C[0:2, 0:rows])
-            # the 16-entry table in every 128-bit lane (a vbroadcasti32x4 / vbroadcasti128)
-            table = T.Shuffle([Tb.vload([0], f"int8x{ENTRIES}")] * (lanes // ENTRIES), list(range(lanes)))
+            table = _lane_table(Tb, 0, lanes)
             word = W.vload([0], u8)
             for s in T.unroll(2):
                 index = T.reinterpret(T.bitwise_and(T.shift_right(word, T.broadcast(T.Cast("uint8", s * 4), lanes)),
@@ -183,10 +188,8 @@ def _shuffled(Tb, word, entries, isa):
     lanes = VECTOR_BYTES[isa]
     i8 = f"int8x{lanes}"
     low = T.reinterpret(T.bitwise_and(word, T.broadcast(T.uint8(ENTRIES - 1), lanes)), dtype=i8)
-    found = [T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id(_SHUFFLE[isa]),
-        T.Shuffle([Tb.vload([ENTRIES * j], f"int8x{ENTRIES}")] * (lanes // ENTRIES), list(range(lanes))), low,
-        dtype=i8) for j in range(entries // ENTRIES)]
+    found = [T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(_SHUFFLE[isa]), _lane_table(Tb, ENTRIES * j, lanes),
+                                     low, dtype=i8) for j in range(entries // ENTRIES)]
     bit = 4
     while len(found) > 1:  # index bit ``bit`` moved into the sign: set -> the odd slice of each pair
         sign = T.reinterpret(T.shift_left(word, T.broadcast(T.uint8(7 - bit), lanes)), dtype=i8)
