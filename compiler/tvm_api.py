@@ -2,14 +2,20 @@
 
 An upgrade of TVM should change this file only.
 """
-import os
+import tvm
 
-# TVM's thread pool assumes hyper-threading and starts half the logical CPUs; lowbit's kernels want all
-# the cores this process may run on. Set before the first parallel call; a user's setting wins.
-os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+from lowbit.errors import CompilerUnavailableError
+from lowbit.runtime.threads import use_all_cores
 
-import tvm  # noqa: E402
-from tvm import relax, te, tirx  # noqa: E402,F401
+if tvm.base._RUNTIME_ONLY:  # the compiler's Python modules below would fail with raw AttributeErrors
+    raise CompilerUnavailableError(
+        "lowbit's compiler cannot run in this process: TVM was imported with its runtime library only "
+        "(lowbit.runtime.load() ran before the compiler was first used, or TVM_USE_RUNTIME_LIB=1 is set). "
+        "Use the compiler before loading artifacts in one process, or compile in a subprocess "
+        "(`lowbit compile`), with TVM_USE_RUNTIME_LIB unset")
+use_all_cores()  # the main thread's kernels (benchmarks, tuning) run on every core, without TVM_NUM_THREADS
+
+from tvm import relax, te, tirx  # noqa: E402,F401 (after the check: they fail under the runtime library)
 from tvm import s_tir  # noqa: E402,F401
 from tvm.s_tir import Schedule  # noqa: E402,F401
 from tvm.s_tir.schedule import ScheduleError  # noqa: E402,F401

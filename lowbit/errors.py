@@ -36,3 +36,7 @@ class InputError(LowbitError, ValueError):
 
 class ModelError(LowbitError, ValueError):
     """A model file cannot be read or compiled: truncated, malformed, or using unsupported operators."""
+
+
+class CompilerUnavailableError(LowbitError, RuntimeError):
+    """The compiler cannot run in this process (TVM was loaded with its runtime library only)."""

@@ -28,7 +28,9 @@ ORT_MIN_BLOCK = 16
 
 def thread_count():
     """Threads lowbit's kernels use (TVM's pool: ``TVM_NUM_THREADS``, else every core this process may run on)."""
-    return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    from lowbit.runtime.threads import thread_count as kernel_threads
+
+    return kernel_threads()
 
 
 def _float_weight(weight):

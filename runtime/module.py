@@ -4,9 +4,11 @@
 its code was compiled for, then loads the library into a Relax virtual machine. :class:`Module` validates
 each call's inputs against the manifest before they reach native code.
 """
+import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -14,6 +16,7 @@ from lowbit.errors import InputError, TargetError
 from lowbit.runtime.artifact import LIBRARY_PART, load_params, read_artifact
 from lowbit.runtime.cuda import cuda_device, device_code, is_cuda_manifest, provide_device_code
 from lowbit.runtime.host import host_arch, host_cpu_features
+from lowbit.runtime.threads import use_all_cores
 
 
 def _import_tvm():
@@ -22,21 +25,35 @@ def _import_tvm():
         import tvm.runtime.vm  # noqa: F401 (``import tvm`` alone does not import the VM)
 
         return sys.modules["tvm"]
-    # A user's setting wins. TVM's pool otherwise starts half the logical CPUs (it assumes hyper-threading).
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     # apache-tvm-ffi imports torch when it is installed (seconds, and gigabytes mapped) to work around a
     # symbol clash; lowbit passes NumPy arrays, so keep torch out unless the user imported it already.
     block_torch = "torch" not in sys.modules
     if block_torch:
         sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
-        import tvm
-        import tvm.runtime.vm  # noqa: F401
+        with _environment(TVM_USE_RUNTIME_LIB="1"):  # read once, by `import tvm`; a user's setting wins
+            import tvm
+            import tvm.runtime.vm  # noqa: F401
     finally:
         if block_torch and sys.modules.get("torch", False) is None:
             del sys.modules["torch"]
     return tvm
+
+
+@contextlib.contextmanager
+def _environment(**defaults):
+    """Set environment variables the user has not set, for the ``with`` body only.
+
+    Whatever is in ``os.environ`` is inherited by every child process: a ``TVM_USE_RUNTIME_LIB=1`` left
+    there made a child ``lowbit compile`` load TVM without its compiler.
+    """
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _artifact_arch(manifest):
@@ -105,6 +122,8 @@ class Module:
 
     ``module(x)``, ``module(x=x)`` or, for several inputs, positions and names in the manifest's order.
     Each input's dtype must match exactly and its shape must be ``(M, K)`` with any ``M >= 1``.
+    A module may be called from many threads at once: calls run one at a time (a Relax VM is not
+    re-entrant), each on every core (see docs/runtime.md for why one VM with a lock, not a VM per thread).
     On a GPU, inputs may also be DLPack tensors already on the device (torch CUDA tensors): they are passed
     without a copy, and the outputs are then returned as device tensors (``torch.from_dlpack(y)``, no copy).
     """
@@ -116,6 +135,7 @@ class Module:
         self._params = params
         self._device = device if device is not None else tvm.cpu()
         self._tvm = tvm
+        self._lock = threading.Lock()  # the VM's registers and memory pool are shared: one call at a time
 
     def _tensor(self, array, spec):
         """An input on the model's device: NumPy arrays are copied there, DLPack tensors are wrapped."""
@@ -146,11 +166,14 @@ class Module:
     def __call__(self, *inputs, **named):
         """Run the model; returns one NumPy array (or a tuple of them when the model has several outputs)."""
         given = self._bind(inputs, named)
-        arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
-        result = self._entry(*arrays, *self._params)
         keep = any(not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__") for array in given)
-        items = [result] if len(self.outputs) == 1 else list(result)
-        items = items if keep else [item.numpy() for item in items]
+        with self._lock:
+            if self._device.dlpack_device_type() == self._tvm.cpu().dlpack_device_type():
+                use_all_cores()
+            arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
+            result = self._entry(*arrays, *self._params)
+            items = [result] if len(self.outputs) == 1 else list(result)
+            items = items if keep else [item.numpy() for item in items]
         return items[0] if len(self.outputs) == 1 else tuple(items)
 
     def _bind(self, inputs, named):

@@ -30,7 +30,8 @@ print(json.dumps({
     "libs": sorted({os.path.basename(path) for path in maps}),
     "tvm_at_import": tvm_at_import,
     "torch_entry_left": "torch" in sys.modules,
-    "threads": os.environ.get("TVM_NUM_THREADS"),
+    "threads": __import__("tvm_ffi").get_global_func("runtime.NumThreads")(),
+    "env_threads": os.environ.get("TVM_NUM_THREADS"),
     "cores": len(os.sched_getaffinity(0)),
 }))
 """
@@ -122,7 +123,8 @@ def test_fresh_process_output_equals_in_process_and_loads_runtime_only(saved, tm
     assert not report["tvm_at_import"], "import lowbit.runtime imported tvm"
     assert "libtvm_runtime.so" in report["libs"]
     assert not {"libtvm_compiler.so", "libtvm.so"} & set(report["libs"]), report["libs"]
-    assert report["threads"] == str(report["cores"])
+    assert report["threads"] == report["cores"]
+    assert report["env_threads"] is None, "load() set TVM_NUM_THREADS for every child process"
 
 
 def test_call_by_name_and_other_row_counts(saved, loaded):
