@@ -19,8 +19,8 @@ def is_cuda_manifest(manifest):
 
 
 def artifact_arch(manifest):
-    """(major, minor) of the artifact's CUDA architecture (``sm_90`` -> (9, 0))."""
-    digits = manifest["target"]["arch"][3:]
+    """(major, minor) of the artifact's CUDA architecture (``sm_90`` -> (9, 0), ``sm_90a`` -> (9, 0))."""
+    digits = manifest["target"]["arch"][3:].rstrip("abcdefghijklmnopqrstuvwxyz")  # checked by runtime.manifest
     return int(digits[:-1]), int(digits[-1])
 
 

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from lowbit.errors import InputError, TargetError
+from lowbit.errors import ArtifactError, InputError, TargetError
 from lowbit.runtime.artifact import LIBRARY_PART, load_params, read_artifact
 from lowbit.runtime.cuda import cuda_device, device_code, is_cuda_manifest, provide_device_code
 from lowbit.runtime.host import host_arch, host_cpu_features
@@ -108,13 +108,26 @@ def load(path):
     if is_cuda_manifest(manifest):
         device = cuda_device(tvm, manifest, path)
         provide_device_code(device_code(manifest, parts), path)
+    machine = _virtual_machine(tvm, parts[LIBRARY_PART], device, manifest["entry"], path)
+    return Module(manifest, machine, [tvm.runtime.tensor(array, device) for _, array in params], tvm, device)
+
+
+def _virtual_machine(tvm, library_bytes, device, entry, path):
+    """The Relax VM of the artifact's ``lib.so``; ArtifactError when it is not a lowbit-built TVM module."""
     with tempfile.TemporaryDirectory(prefix="lowbit-load-") as workdir:
         lib_path = os.path.join(workdir, LIBRARY_PART)
         with open(lib_path, "wb") as f:
-            f.write(parts[LIBRARY_PART])
-        library = tvm.runtime.load_module(lib_path)  # dlopen'ed: the file may go once loaded
-    machine = tvm.runtime.vm.VirtualMachine(library, device)
-    return Module(manifest, machine, [tvm.runtime.tensor(array, device) for _, array in params], tvm, device)
+            f.write(library_bytes)
+        try:  # dlopen'ed: the file may go once loaded
+            library = tvm.runtime.load_module(lib_path)
+            machine = tvm.runtime.vm.VirtualMachine(library, device)
+            machine[entry]  # noqa: B018 (raises when the VM has no such function)
+        except Exception as err:  # noqa: BLE001 - TVM raises its own error types (and AttributeError) here
+            raise ArtifactError(f"artifact {path!r}: {LIBRARY_PART} is not a TVM Relax VM module with function "
+                                f"{entry!r} that this TVM can load ({type(err).__name__}: "
+                                f"{str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}); "
+                                "rebuild the artifact with this lowbit") from err
+    return machine
 
 
 class Module:
