@@ -35,6 +35,9 @@ LOCK_FILE = ".records.lock"
 WORKLOAD_KEYS = ("N", "K", "format", "kernel", "bucket")
 RECORD_KEYS = ("workload", "M", "target_tag", "rule", "config", "ms", "error", "lowbit_version", "tvm_version",
                "time")
+MAX_LISTED = 10  # broken lines named one by one in the warning
+MAX_LINE = 1 << 16  # bytes: a record is a few hundred
+MAX_EXTENT = 1 << 31  # N, K, M
 
 
 def lowbit_version():
@@ -70,6 +73,59 @@ def make_record(workload, M, target_tag, rule, config, ms=None, error=None):
             "tvm_version": tvm_version(), "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
+def parse_record(line):
+    """``(record, None)`` for one valid line of a log (bytes), else ``(None, what is wrong with it)``.
+
+    Checks what every reader of a record relies on: a JSON object with every key of :data:`RECORD_KEYS`, a
+    workload with positive integer ``N``, ``K`` and string ``format``, ``kernel``, ``bucket``; a positive
+    integer ``M``; string rule, tag and versions; a config of knob names to integers, booleans or strings; and either
+    a positive finite ``ms`` with a null ``error`` or a null ``ms`` with a string ``error``. Whether the
+    knobs lie in the rule's space is the matcher's check (:func:`lowbit.schedules.tuning.space.tuned_plan`).
+    """
+    if len(line) > MAX_LINE:
+        return None, f"{len(line)} bytes, more than a record's {MAX_LINE}"
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except (json.JSONDecodeError, RecursionError) as err:
+        return None, f"not JSON ({getattr(err, 'msg', 'nested too deeply')})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    return record, _record_problem(record)
+
+
+def _record_problem(record):
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    workload = record["workload"]
+    if not isinstance(workload, dict) or any(key not in workload for key in WORKLOAD_KEYS):
+        return f"workload is not an object with {', '.join(WORKLOAD_KEYS)}"
+    for owner, key in [(workload, "N"), (workload, "K"), (record, "M")]:
+        if not _count(owner[key]):
+            return f"{key} is {owner[key]!r}, not an integer in 1..{MAX_EXTENT}"
+    strings = [(workload, key) for key in ("format", "kernel", "bucket")] + \
+              [(record, key) for key in ("target_tag", "rule", "lowbit_version", "tvm_version")]
+    for owner, key in strings:
+        if not isinstance(owner[key], str):
+            return f"{key} is {owner[key]!r}, not a string"
+    config = record["config"]
+    if not isinstance(config, dict) or not all(isinstance(v, (int, str)) for v in config.values()):
+        return f"config is {config!r}, not an object of integer / boolean / string knobs"
+    ms, error = record["ms"], record["error"]
+    if error is None:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 < ms < float("inf"):
+            return f"ms is {ms!r}, not a positive number (and error is null)"
+    elif not isinstance(error, str) or ms is not None:
+        return f"error is {error!r} with ms {ms!r}: a failed record has a string error and a null ms"
+    return None
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_EXTENT
+
+
 def config_key(rule, config):
     """Hashable identity of a candidate: its rule name and config dict."""
     return rule, tuple(sorted(config.items()))
@@ -91,9 +147,14 @@ class TuningDatabase:
         self.target_tag = target_tag
         self.path = os.path.join(self.folder, RECORDS_FILE)
         self.records = []
+        self._lines = {}  # id(record) -> its line number in the file
         if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.records = self._usable(f.read().splitlines())
+            with open(self.path, "rb") as f:
+                self.records = self._usable(f.read().split(b"\n"))
+
+    def line_of(self, record):
+        """The line of ``path`` a loaded record came from (None for one appended in this process)."""
+        return self._lines.get(id(record))
 
     def _usable(self, lines):
         versions = (lowbit_version(), tvm_version())
@@ -101,21 +162,17 @@ class TuningDatabase:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                missing = [k for k in RECORD_KEYS if k not in record] + \
-                          [k for k in WORKLOAD_KEYS if k not in record.get("workload", {})]
-            except (json.JSONDecodeError, AttributeError):
-                record, missing = None, ["(not a JSON object)"]
-            if missing:
-                broken.append(f"line {number} lacks {', '.join(missing)}")
+            record, problem = parse_record(line)
+            if problem:
+                broken.append(f"line {number}: {problem}")
             elif (record["lowbit_version"], record["tvm_version"]) != versions:
                 other_version.add((record["lowbit_version"], record["tvm_version"]))
             elif record["target_tag"] != self.target_tag:
                 other_tag += 1
             else:
                 usable.append(record)
-        self._warn(versions, other_version, other_tag, broken, len(lines))
+                self._lines[id(record)] = number
+        self._warn(versions, other_version, other_tag, broken, sum(1 for line in lines if line.strip()))
         return usable
 
     def _warn(self, versions, other_version, other_tag, broken, total):
@@ -127,8 +184,9 @@ class TuningDatabase:
             warnings.warn(f"{self.path}: ignored {other_tag} records of other targets than {self.target_tag}: a log "
                           "folder holds one target's records (tuning_logs/<target_tag>/)", stacklevel=3)
         if broken:
+            more = f"; and {len(broken) - MAX_LISTED} more" if len(broken) > MAX_LISTED else ""
             warnings.warn(f"{self.path}: ignored {len(broken)} of {total} lines that are not records: "
-                          f"{'; '.join(broken[:3])}", stacklevel=3)
+                          f"{'; '.join(broken[:MAX_LISTED])}{more}", stacklevel=3)
 
     def find(self, predicate):
         """Records (dicts) for which ``predicate(record)`` is true."""

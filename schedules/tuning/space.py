@@ -27,7 +27,7 @@ import functools
 import warnings
 
 from lowbit.schedules.cpu import a8, decode, lut
-from lowbit.schedules.tuning.records import best_record
+from lowbit.schedules.tuning.records import best_record, config_key
 
 # rule name -> (rule class, config class)
 RULES = {
@@ -137,11 +137,32 @@ def _layout_signature(layout):
     return layout.bits, layout.group_size, "lut", layout.kind, layout.dim
 
 
+def within_space(database, records, layout, bucket, default_key):
+    """The ``records`` whose (rule, config) is the default (``default_key``, a :func:`config_key`) or a
+    candidate of :func:`space` for this layer and bucket.
+
+    Any other is skipped with a warning naming its line: a knob outside the space (``m_tile`` 1000000, or 0)
+    would build a kernel that exhausts memory or fails inside TVM.
+    """
+    allowed = {config_key(rule.name, dataclasses.asdict(config)) for rule, config in space(layout, bucket)}
+    allowed.add(default_key)
+    kept = []
+    for record in records:
+        if config_key(record["rule"], record["config"]) in allowed:
+            kept.append(record)
+            continue
+        warnings.warn(f"{database.path}, line {database.line_of(record)}: skipped a record whose schedule "
+                      f"{record['rule']} {record['config']} is not in that rule's space for the "
+                      f"{layout.N}x{layout.K} layer's bucket {bucket.key} (lowbit tunes only that space; was the "
+                      "log edited by hand?)", stacklevel=3)
+    return kept
+
+
 def tuned_plan(database, layout, bucket, default_rule, default_config):
     """``(rule, config)`` of the best record for a layer's bucket that beats the default, or None.
 
-    A record whose format does not parse, or whose rule or knobs this lowbit does not know, is ignored with
-    a warning (and the default plan stays).
+    A record whose format does not parse, or whose rule and knobs are not a candidate of this layer's space,
+    is ignored with a warning (and the default plan stays).
     """
     fitting = []
     for record in database.records:
@@ -149,8 +170,10 @@ def tuned_plan(database, layout, bucket, default_rule, default_config):
             if record_fits(record, layout, bucket):
                 fitting.append(record)
         except ValueError as err:  # FormatError is a ValueError
-            warnings.warn(f"{database.path}: ignored a record of format {record['workload']['format']!r}: {err}",
-                          stacklevel=2)
+            warnings.warn(f"{database.path}, line {database.line_of(record)}: ignored a record of format "
+                          f"{record['workload']['format']!r}: {err}", stacklevel=2)
+    default_key = config_key(default_rule.name, dataclasses.asdict(default_config))
+    fitting = within_space(database, fitting, layout, bucket, default_key)
     record = best_record(fitting, default_rule.name, dataclasses.asdict(default_config))
     if record is None:
         return None

@@ -295,6 +295,7 @@ class WorkloadJob:
         """Records of this workload at this M in the log, by config key: the fastest valid one of a config
         measured twice (the default is, see :meth:`run`), else its failure."""
         mine = self.database.find(lambda r: r["workload"] == self.workload and r["M"] == self.M)
+        mine = tuning_space.within_space(self.database, mine, self.layout, self.bucket, _key(*self.candidates[0]))
         best = {}
         for record in mine:
             key = tuning_records.config_key(record["rule"], record["config"])
