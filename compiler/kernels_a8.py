@@ -23,10 +23,23 @@ INT8_MAX = 127.0
 TINY = 1e-30  # guards the all-zero group: its codes are 0 whatever the scale
 
 
+def _nan_max():
+    """A max reducer that keeps NaN: ``a`` when ``a >= b`` or ``a`` is NaN, else ``b`` (``isnan``, not ``a != a``,
+    which TVM's simplifier folds to false).
+
+    ``te.max`` lowers to ``a > b ? a : b``, which drops a NaN met after the first element; then ``round(NaN)``
+    to int8 is undefined and a NaN activation gave finite garbage. With AMAX NaN, the group's scale is NaN
+    and so is every output of the row, as in float arithmetic. The identity is 0: it reduces ``|x| >= 0``.
+    """
+    return te.comm_reducer(lambda a, b: tirx.Select(tirx.Or(a >= b, tirx.isnan(a)), a, b),
+                           lambda dtype: tirx.const(0, dtype), name="nan_max")
+
+
 def quantize_activations(Xp, M, layout):
-    """Blocks AMAX (per row and group), XQ (int8) and XSUM (int32 sum of XQ per row and group)."""
+    """Blocks AMAX (per row and group, NaN if the group holds one), XQ (int8) and XSUM (int32 sum of XQ)."""
     r = te.reduce_axis((0, layout.padded_group), name="r")
-    amax = te.compute((M, layout.n_groups), lambda m, g: te.max(tirx.abs(Xp[m, g, r]), axis=r), name="AMAX")
+    nan_max = _nan_max()
+    amax = te.compute((M, layout.n_groups), lambda m, g: nan_max(tirx.abs(Xp[m, g, r]), axis=r), name="AMAX")
 
     def quantized(m, g, kk):
         inverse = tirx.const(INT8_MAX, F32) / tirx.max(amax[m, g], tirx.const(TINY, F32))

@@ -68,6 +68,7 @@ def relax_pipeline(target=None):
     """
     from tvm import relax
 
+    from lowbit.compiler.passes.keep_nan import LegalizeOps
     from lowbit.compiler.passes.keep_subroutines_private import KeepSubroutinesPrivate
 
     passes = [relax.pipeline.default_build_pipeline(), KeepSubroutinesPrivate]
@@ -76,7 +77,7 @@ def relax_pipeline(target=None):
 
         gpu = dlight.gpu
         # no operator fusion: FuseOps would also fuse lowbit's call_tir kernels with their neighbours
-        passes[:0] = [relax.transform.LegalizeOps(),
+        passes[:0] = [LegalizeOps(),
                       dlight.ApplyDefaultSchedule(gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback())]
     return tvm.transform.Sequential(passes)
 
@@ -89,10 +90,11 @@ def float_op_pipeline(target):
     each fused function given a CPU schedule (ScheduleFloatOps).
     """
     from lowbit.compiler.passes.fast_float_math import FastFloatMath
+    from lowbit.compiler.passes.keep_nan import LegalizeOps
     from lowbit.compiler.passes.keep_kernels_unfused import KeepKernelsUnfused
     from lowbit.compiler.passes.schedule_float_ops import ScheduleFloatOps
 
-    passes = [FastFloatMath(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+    passes = [FastFloatMath(), LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
               KeepKernelsUnfused, relax.transform.FoldConstant(), relax.transform.FuseOps(),
               relax.transform.FuseTIR(), ScheduleFloatOps(target)]
     return tvm.transform.Sequential(passes, name="lowbit.FloatOps")
