@@ -107,6 +107,17 @@ def onnx_importer():
     return from_onnx
 
 
+def onnx_importer_opset():
+    """The newest ONNX opset TVM's importer has a converter version for (the highest ``_impl_vN``)."""
+    import re
+
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    versions = [int(match.group(1)) for converter in onnx_frontend._get_convert_map().values()  # noqa: SLF001
+                for match in map(re.compile(r"_impl_v(\d+)").fullmatch, dir(converter)) if match]
+    return max(versions)
+
+
 def onnx_supported_ops():
     """ONNX operator types TVM's ONNX importer converts (its converter map, plus ``If`` it handles itself)."""
     from tvm.relax.frontend.onnx import onnx_frontend

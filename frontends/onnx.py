@@ -101,6 +101,8 @@ def import_onnx(model, format=None, weights=None):  # noqa: A002 (the option's p
     from lowbit.frontends.onnx_patterns import find_matches
 
     proto = load_onnx(model)
+    _warn_newer_opset(proto)
+    _name_unnamed_dims(proto.graph.input)
     name_nodes(proto.graph)
     check_references(proto.graph)
     graph = OnnxGraph(proto.graph)
@@ -108,7 +110,78 @@ def import_onnx(model, format=None, weights=None):  # noqa: A002 (the option's p
     quantized = _rewrite(proto, graph, matches)
     check_supported(proto)
     mod = _to_relax(proto)
-    return ImportedModel(mod, quantized, _input_specs(graph), _output_specs(proto, mod))
+    inputs = _input_specs(graph)
+    mod = _pin_reduction_dims(mod, quantized, inputs)
+    return ImportedModel(mod, quantized, inputs, _output_specs(proto, mod))
+
+
+def _warn_newer_opset(proto):
+    from lowbit.compiler.tvm_api import onnx_importer_opset
+
+    opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+    known = onnx_importer_opset()
+    if opset > known:
+        warnings.warn(f"the model's ONNX opset {opset} is newer than TVM's importer knows ({known}): operators "
+                      f"changed since opset {known} convert as their opset-{known} versions; if results differ "
+                      f"from onnxruntime, export the model with opset {known} or older", stacklevel=3)
+
+
+def _name_unnamed_dims(inputs):
+    """Give every input dim with neither a value nor a name the name the manifest shows (``x_dim1``).
+
+    TVM's importer gives all unnamed dims of a model one variable, so ``(?, ?)`` became ``(v, v)``: a square
+    input only, where the model accepts any (M, K).
+    """
+    for value in inputs:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if value.type.HasField("tensor_type") and not dim.HasField("dim_value") and not dim.dim_param:
+                dim.dim_param = f"{value.name}_dim{axis}"
+
+
+def _pin_reduction_dims(mod, quantized, inputs):
+    """Fix each symbolic dim that is a quantized layer's K to the weight's K, in ``mod`` and in ``inputs``.
+
+    An input declared ``(M, K)`` with a symbolic K compiled, and its artifact then took any K and failed inside
+    TVM (``Mismatched X.strides``). The K a weight fixes is pinned instead (``BindSymbolicVars``); a dim that
+    two layers need at two values, or a constant K other than the weight's, is a ModelError.
+    """
+    from lowbit.compiler.tvm_api import relax, tirx
+
+    pins = {}
+    for layer, activation_k in _layer_reduction_dims(mod, quantized):
+        K = quantized[layer].weight.shape[1]
+        if isinstance(activation_k, tirx.Var):
+            if pins.setdefault(activation_k.name, (activation_k, K, layer))[1] != K:
+                other = pins[activation_k.name]
+                raise ModelError(f"dimension {activation_k.name!r} is the K of layer {other[2]!r} ({other[1]}) and of "
+                                 f"layer {quantized[layer].name!r} ({K}): the model is inconsistent; re-export it")
+        elif isinstance(activation_k, tirx.IntImm) and int(activation_k) != K:
+            raise ModelError(f"layer {quantized[layer].name!r}: its activation has K = {int(activation_k)} but its "
+                             f"weight has K = {K}: the model is inconsistent; re-export it")
+    if not pins:
+        return mod
+    params = mod["main"].params
+    for spec, param in zip(inputs, params):
+        for axis, dim in enumerate(param.ty.shape.values if isinstance(param.ty, relax.TensorType) else []):
+            if isinstance(dim, tirx.Var) and dim.name in pins:
+                spec["shape"][axis] = pins[dim.name][1]
+    return relax.transform.BindSymbolicVars({var: K for var, K, _ in pins.values()}, "main")(mod)
+
+
+def _layer_reduction_dims(mod, quantized):
+    """``(weight parameter name, the last dim of its matmul's activation)`` for each quantized layer of main."""
+    from lowbit.compiler.tvm_api import relax, tvm
+
+    matmul = tvm.ir.Op.get("relax.matmul")
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or not call.op.same_as(matmul):
+                continue
+            weight, activation = call.args[1], call.args[0]
+            if isinstance(weight, relax.Var) and weight.name in quantized and \
+                    isinstance(activation.ty, relax.TensorType) and activation.ty.shape is not None:
+                yield weight.name, activation.ty.shape.values[-1]
 
 
 def _rewrite(proto, graph, matches):
