@@ -1,5 +1,6 @@
 """Offline measurement: export candidates, ``lowbit measure`` them runtime-only in a fresh process, import."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -123,6 +124,16 @@ def test_measure_refuses_candidates_for_features_this_cpu_lacks(round_trip, tmp_
         measure.measure_folder(tmp_path)
 
 
+def _replace_library(folder, index, data):
+    """Give candidate ``index`` the library ``data``, recorded (sha256) in the export as if built so."""
+    import hashlib
+
+    spec = json.loads((folder / measure.CANDIDATES_FILE).read_text())
+    (folder / spec["candidates"][index]["library"]).write_bytes(data)
+    spec["candidates"][index]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / measure.CANDIDATES_FILE).write_text(json.dumps(spec))
+
+
 def test_a_candidate_that_fails_on_the_target_is_reported_with_its_reason(round_trip, tmp_path, capsys):
     import shutil
 
@@ -130,7 +141,7 @@ def test_a_candidate_that_fails_on_the_target_is_reported_with_its_reason(round_
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
     (broken / measure.RESULTS_FILE).unlink()
-    (broken / exported["candidates"][1]["library"]).write_bytes(b"not a shared library")
+    _replace_library(broken, 1, b"not a shared library")  # recorded in the export: it fails to load, not refused
     out = measure.measure_folder(broken, repeat=2)
     failed = [r for r in out["results"] if r["error"] is not None]
     assert [r["id"] for r in failed] == [exported["candidates"][1]["id"]] and failed[0]["ms"] is None
@@ -138,8 +149,8 @@ def test_a_candidate_that_fails_on_the_target_is_reported_with_its_reason(round_
     empty = tmp_path / "empty"  # a fresh copy: overwriting a library this process loaded would crash it
     shutil.copytree(folder, empty)
     (empty / measure.RESULTS_FILE).unlink()
-    for candidate in exported["candidates"]:
-        (empty / candidate["library"]).write_bytes(b"")
+    for index in range(len(exported["candidates"])):
+        _replace_library(empty, index, b"")
     assert cli.main(["measure", str(empty), "--no-progress"]) == 1  # nothing ran: an error
     assert "no candidate" in capsys.readouterr().err
 
@@ -155,3 +166,61 @@ def test_measure_in_process_leaves_the_environment_alone(round_trip, tmp_path):
     before = os.environ.get("TVM_USE_RUNTIME_LIB")
     assert cli.main(["measure", str(copy), "--repeat", "1", "--no-progress"]) == 0
     assert os.environ.get("TVM_USE_RUNTIME_LIB") == before
+
+
+def _edited_copy(round_trip, tmp_path, edit):
+    import shutil
+
+    _, folder, _, _, _ = round_trip
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    spec = json.loads((copy / measure.CANDIDATES_FILE).read_text())
+    edit(spec, copy)
+    (copy / measure.CANDIDATES_FILE).write_text(json.dumps(spec))
+    return copy
+
+
+def _symlink_out(spec, copy):
+    outside = copy.parent / "outside.so"
+    outside.write_bytes((copy / spec["candidates"][0]["library"]).read_bytes())
+    (copy / "link.so").symlink_to(outside)
+    spec["candidates"][0]["library"] = "link.so"
+
+
+LIBRARY_EDITS = {
+    "absolute": (lambda spec, copy: spec["candidates"][0].update(library="/usr/lib/x86_64-linux-gnu/libz.so.1"),
+                 r"candidates\[0\]\.library is '/usr.*not a plain file name"),
+    "dotdot": (lambda spec, copy: spec["candidates"][0].update(library="../export/c0.so"), "not a plain file name"),
+    "symlink-out": (_symlink_out, "is a link to a file outside the folder"),
+    "no-sha256": (lambda spec, copy: spec["candidates"][0].pop("sha256"), r"candidates\[0\]\.sha256 is None"),
+    "replaced-library": (lambda spec, copy: (copy / spec["candidates"][1]["library"]).write_bytes(
+        (copy / spec["candidates"][0]["library"]).read_bytes()), "differs from the export's record"),
+    "npz-outside": (lambda spec, copy: spec["workloads"][0].update(inputs="../w0.npz"), r"workloads\[0\]\.inputs"),
+    "schema-1": (lambda spec, copy: spec.update(schema=1), "schema 1, this lowbit reads schema 2"),
+    "candidates-dict": (lambda spec, copy: spec.update(candidates={}), "candidates is {}, not a list"),
+}
+
+
+@pytest.mark.parametrize("edit, message", LIBRARY_EDITS.values(), ids=LIBRARY_EDITS.keys())
+def test_measure_loads_only_the_exported_libraries_inside_the_folder(round_trip, tmp_path, capsys, edit, message):
+    copy = _edited_copy(round_trip, tmp_path, edit)
+    (copy / measure.RESULTS_FILE).unlink()
+    assert cli.main(["measure", str(copy), "--repeat", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (copy / measure.RESULTS_FILE).exists()  # refused before anything was timed
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[]", b"null", b"[" * 100000],
+                         ids=["not-json", "not-utf8", "list", "null", "deep"])
+def test_a_corrupt_candidates_or_results_file_is_a_clear_error(round_trip, tmp_path, capsys, content):
+    copy = _edited_copy(round_trip, tmp_path, lambda spec, copy: None)
+    results = (copy / measure.RESULTS_FILE).read_bytes()
+    (copy / measure.CANDIDATES_FILE).write_bytes(content)
+    assert cli.main(["measure", str(copy), "--no-progress"]) == 1
+    assert "candidates.json" in capsys.readouterr().err
+    copy2 = _edited_copy(round_trip, tmp_path / "2", lambda spec, copy: None)
+    (copy2 / measure.RESULTS_FILE).write_bytes(content)
+    assert cli.main(["tune", "--import-results", str(copy2), "--log", str(tmp_path / "log")]) == 1
+    assert "results.json" in capsys.readouterr().err
+    assert results  # the original folder's results were there to corrupt

@@ -11,6 +11,7 @@ For a target that cannot hold TVM's compiler (``lowbit.runtime.measure`` describ
    cost model on them: repeat 1-3 until ``trials`` configs of each workload are in the log.
 """
 import dataclasses
+import hashlib
 import os
 
 import numpy as np
@@ -70,8 +71,11 @@ def _export_job(job, model, count, folder, spec, bar):
             job.record(rule.name, dataclasses.asdict(config), None, timing.failure_reason(err))
             bar.update(1)
             continue
+        with open(os.path.join(folder, f"{candidate_id}.so"), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()  # `lowbit measure` loads only the library recorded here
         spec["candidates"].append({"id": candidate_id, "workload_id": workload_id, "rule": rule.name,
-                                   "config": dataclasses.asdict(config), "library": f"{candidate_id}.so"})
+                                   "config": dataclasses.asdict(config), "library": f"{candidate_id}.so",
+                                   "sha256": digest})
         bar.update(1)
 
 
@@ -91,10 +95,13 @@ def import_results(folder, log=None):
     if (spec["lowbit_version"], spec["tvm_version"]) != versions:
         raise InputError(f"{folder!r} was built by lowbit {spec['lowbit_version']} / TVM {spec['tvm_version']}, "
                          f"this is lowbit {versions[0]} / TVM {versions[1]}: export and measure again")
-    import json
-
-    with open(results_path, encoding="utf-8") as f:
-        results = {r["id"]: r for r in json.load(f)["results"]}
+    results = offline_files.read_json_file(results_path, "results file", f"run `lowbit measure {folder}` again")
+    if not isinstance(results, dict) or not isinstance(results.get("results"), list) or not all(
+            isinstance(r, dict) and isinstance(r.get("id"), str) and _time_or_error(r) for r in results["results"]):
+        raise InputError(f"{results_path}: not a results file of `lowbit measure` (a 'results' list of "
+                         f"{{id, ms, error}}, a positive ms or an error string each): run `lowbit measure {folder}` "
+                         "again")
+    results = {r["id"]: r for r in results["results"]}
     database = tuning_records.TuningDatabase(log or os.path.join("tuning_logs", spec["target_tag"]),
                                              spec["target_tag"])
     workloads = {w["id"]: w for w in spec["workloads"]}
@@ -109,6 +116,13 @@ def import_results(folder, log=None):
                                                    result["error"]))
         added += 1
     return added, skipped
+
+
+def _time_or_error(result):
+    ms, error = result.get("ms"), result.get("error")
+    if error is None:
+        return isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 < ms < float("inf")
+    return isinstance(error, str) and ms is None
 
 
 def _logged(database, workload, candidate):
