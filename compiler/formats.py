@@ -145,6 +145,9 @@ class CodebookFormat:
                               f"give exactly {2 ** self.bits * self.dim}")
         if not np.isfinite(levels).all() or not np.abs(levels).max() > 0:
             raise FormatError("codebook format: levels must be finite and not all zero")
+        if len(np.unique(levels.reshape(-1, self.dim), axis=0)) < 2:
+            raise FormatError(f"codebook format: all {2 ** self.bits} levels are equal ({levels[:self.dim]}): a "
+                              "codebook needs at least two distinct levels; use a uniform format (w{bits}) instead")
         # Kernels hold levels in float32: keep exactly the float32 values so the reference agrees.
         object.__setattr__(self, "levels", tuple(float(v) for v in levels.astype(np.float32)))
 
@@ -181,15 +184,15 @@ def fp4(group_size=32):
 
 
 _PATTERNS = (
-    (re.compile(r"w(\d+)(?:g(\d+))?(s?)"),
-     lambda m: UniformFormat(int(m[1]), _int_or_none(m[2]), m[3] == "s")),
-    (re.compile(r"ternary(?:g(\d+))?"), lambda m: TernaryFormat(_int_or_none(m[1]))),
-    (re.compile(r"(nf4|fp4)(?:g(\d+))?"),
+    (re.compile(r"w(\d+)(?:g(\d+))?(s?)", re.ASCII),
+     lambda m: UniformFormat(_number(m[1]), _int_or_none(m[2]), m[3] == "s")),
+    (re.compile(r"ternary(?:g(\d+))?", re.ASCII), lambda m: TernaryFormat(_int_or_none(m[1]))),
+    (re.compile(r"(nf4|fp4)(?:g(\d+))?", re.ASCII),
      lambda m: CodebookFormat(4, _int_or_none(m[2]), NF4_LEVELS if m[1] == "nf4" else FP4_LEVELS, m[1])),
-    (re.compile(r"higgs(\d+)g(\d+)(v2)?"),
-     lambda m: HiggsFormat(int(m[1]), int(m[2]), 2 if m[3] else 1)),
-    (re.compile(r"cb(\d+)(?:g(\d+))?(v2)?\[([^\]]*)\]"),
-     lambda m: CodebookFormat(int(m[1]), _int_or_none(m[2]), _parse_levels(m[4]), "cb", 2 if m[3] else 1)),
+    (re.compile(r"higgs(\d+)g(\d+)(v2)?", re.ASCII),
+     lambda m: HiggsFormat(_number(m[1]), _number(m[2]), 2 if m[3] else 1)),
+    (re.compile(r"cb(\d+)(?:g(\d+))?(v2)?\[([^\]]*)\]", re.ASCII),
+     lambda m: CodebookFormat(_number(m[1]), _int_or_none(m[2]), _parse_levels(m[4]), "cb", 2 if m[3] else 1)),
 )
 
 
@@ -199,11 +202,26 @@ def implicit_zero(fmt):
     return 1 if fmt.kind == "ternary" else 2 ** (fmt.bits - 1)
 
 
+MAX_NUMBER_DIGITS = 6  # bits and group sizes: no valid one is longer (MAX_GROUP has 5 digits)
+MAX_LEVELS_TEXT = 1 << 14  # characters in a cb[...] level list (2**8 levels x 2 coordinates, with room)
+
+
+def _number(text):
+    """An ASCII decimal from a format name; FormatError for one longer than any valid bits or group size."""
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise FormatError(f"number {text[:12]}{'...' if len(text) > 12 else ''} in a format name has {len(text)} "
+                          f"digits: bits are 1..8 and group sizes at most {MAX_GROUP}")
+    return int(text)
+
+
 def _int_or_none(text):
-    return None if text is None else int(text)
+    return None if text is None else _number(text)
 
 
 def _parse_levels(text):
+    if len(text) > MAX_LEVELS_TEXT:
+        raise FormatError(f"codebook level list of {len(text)} characters: at most {MAX_LEVELS_TEXT} "
+                          "(2**bits comma-separated numbers)")
     try:
         return tuple(float(item) for item in text.split(","))
     except ValueError:
@@ -217,6 +235,9 @@ def parse_format(spec):
     if not isinstance(spec, str):
         raise FormatError(f"a format is a name such as 'w4g128' or a format object, got {type(spec).__name__}")
     text = spec.strip().lower().replace(" ", "")
+    if not text.isascii():
+        raise FormatError(f"weight format {spec!r} has non-ASCII characters: format names are ASCII (w4g128, "
+                          "nf4g64); retype the digits")
     for pattern, build in _PATTERNS:
         match = pattern.fullmatch(text)
         if match:

@@ -121,8 +121,34 @@ def cuda_target(arch=DEFAULT_CUDA_ARCH):
 
 def _parse_cuda(text):
     """``cuda`` (sm_80) or ``cuda:sm_XY``."""
-    _, _, arch = text.partition(":")
+    _, colon, arch = text.partition(":")
+    if colon and not arch:
+        raise TargetError(f"target {text!r} names no CUDA architecture after the colon: use 'cuda:sm_90' (one of "
+                          f"{', '.join(CUDA_ARCHS)}), or 'cuda' for {DEFAULT_CUDA_ARCH}")
     return cuda_target(arch or DEFAULT_CUDA_ARCH)
+
+
+def _llvm_target(target):
+    """A TargetInfo for a ``{"kind": "llvm", ...}`` dict, every field lowbit reads checked."""
+    from lowbit.compiler.tvm_api import llvm_is_valid_cpu
+
+    features = target.get("features", host_cpu_features())
+    if not isinstance(features, (list, tuple, set, frozenset)) or not all(isinstance(f, str) for f in features):
+        raise TargetError(f"target features {features!r}: give a list of LLVM feature names, e.g. ['avx2', 'fma']")
+    clean = {k: v for k, v in target.items() if k != "features"}
+    clean.setdefault("num-cores", 1)
+    cores = clean["num-cores"]
+    if not isinstance(cores, int) or isinstance(cores, bool) or not 1 <= cores <= 4096:
+        raise TargetError(f"target num-cores {cores!r}: give a positive integer (the cores the kernels may use)")
+    triple = clean.get("mtriple", "x86_64-pc-linux-gnu")
+    if not isinstance(triple, str) or not triple.startswith("x86_64-"):
+        raise TargetError(f"target mtriple {triple!r}: lowbit's CPU kernels target x86-64; use "
+                          "'x86_64-pc-linux-gnu' (the default)")
+    mcpu = clean.get("mcpu")
+    if mcpu is not None and (not isinstance(mcpu, str) or not llvm_is_valid_cpu(mcpu, triple)):
+        raise TargetError(f"target mcpu {mcpu!r} is not a CPU LLVM knows for {triple}: use e.g. 'skylake-avx512', "
+                          "'znver4', 'sapphirerapids', or leave it out for this machine ('cpu')")
+    return TargetInfo(kind="llvm", target=clean, features=frozenset(features), cpu_name=str(clean.get("mcpu")))
 
 
 def resolve_target(target):
@@ -140,9 +166,6 @@ def resolve_target(target):
     if isinstance(target, dict) and target.get("kind") == "cuda":
         return cuda_target(target.get("arch", DEFAULT_CUDA_ARCH))
     if isinstance(target, dict) and target.get("kind") == "llvm":
-        features = frozenset(target.get("features", host_cpu_features()))
-        clean = {k: v for k, v in target.items() if k != "features"}
-        clean.setdefault("num-cores", 1)
-        return TargetInfo(kind="llvm", target=clean, features=features, cpu_name=str(clean.get("mcpu")))
+        return _llvm_target(target)
     raise TargetError(f"unknown target {target!r}: use 'cpu' (this machine), 'cuda', 'cuda:sm_80', 'cuda:sm_90' "
                       "or a dict {'kind': 'llvm', 'mcpu': ..., 'features': [...]}")

@@ -32,6 +32,11 @@ def llvm_host_cpu():
     return tvm.target.codegen.llvm_get_system_cpu()
 
 
+def llvm_is_valid_cpu(cpu, triple):
+    """Whether LLVM knows ``cpu`` as an ``mcpu`` for ``triple``."""
+    return bool(tvm.target.codegen.llvm_is_valid_cpu(cpu, triple))
+
+
 def tir_pipeline():
     """Name of lowbit's TIR pipeline (TVM's s_tir pipeline plus lowbit's host passes), registered once."""
     if "lowbit" not in _REGISTERED:
