@@ -137,8 +137,10 @@ def main(argv=None):
             print(f"{fmt:>8} M={M:<3} N={N:<6} K={K:<5} lowbit {ours * 1e6:8.1f} us  torch fp16 {theirs * 1e6:8.1f} us  "
                   f"x{theirs / ours:5.2f}  weights {achieved / 1e9:6.0f} GB/s ({100 * achieved / bandwidth:4.0f}% of copy)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": device, "copy_bandwidth_GBps": bandwidth / 1e9, "results": results}, f, indent=2)
+        from lowbit.runtime.atomic import write_atomically
+
+        write_atomically(args.json, json.dumps({"device": device, "copy_bandwidth_GBps": bandwidth / 1e9,
+                                                "results": results}, indent=2).encode("utf-8"))
     return 0
 
 

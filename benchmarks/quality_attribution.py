@@ -206,9 +206,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     init = "" if args.init == "gpt2" else f"-{args.init}-init"
     path = os.path.join(args.out, f"quality-attribution{init}-{datetime.date.today().isoformat()}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from lowbit.runtime.atomic import write_atomically
+
+    write_atomically(path, json.dumps(results, indent=1).encode("utf-8"))
     print(f"wrote {path}")
     return 0
 

@@ -216,10 +216,12 @@ def _write(args, table, end_to_end, loss):
     rows = [{"layer": c.layer, "format": c.format, "bits_per_weight": c.bits_per_weight,
              "weight_sqnr_db": c.weight_sqnr_db, "output_sqnr_db": c.output_sqnr_db} for row in table for c in row]
     path = os.path.join(args.out, f"quality-bytemlp-{stamp}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"steps": args.steps, "final_loss": float(loss), "budget": args.budget, "layers": rows,
-                   "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()}},
-                  f, indent=1)
+    from lowbit.runtime.atomic import write_atomically
+
+    write_atomically(path, json.dumps({
+        "steps": args.steps, "final_loss": float(loss), "budget": args.budget, "layers": rows,
+        "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()}},
+        indent=1).encode("utf-8"))
     print(f"wrote {png} and {path}")
 
 

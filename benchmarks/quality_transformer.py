@@ -164,8 +164,10 @@ def trained_model(config, stream, retrain=False):
     loss = train(model, stream, config)
     seconds = time.time() - start
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"state": model.state_dict(), "loss": loss, "seconds": seconds}, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a killed run leaves no half-written cache
+    from lowbit.runtime.atomic import atomic_path
+
+    with atomic_path(path) as temporary:  # a killed run leaves no half-written cache
+        torch.save({"state": model.state_dict(), "loss": loss, "seconds": seconds}, temporary)
     return model.eval(), loss, seconds
 
 
@@ -341,8 +343,9 @@ def write_results(stem, rows, report, title, result):
 
     singles = {k: (v["bits_per_weight"], v["sqnr_db"]) for k, v in rows.items() if " " not in k}
     quality.plot_error_vs_bits(report.table, stem + ".png", singles, title=title)
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(dict(result, layers=layer_rows(report)), f, indent=1)
+    from lowbit.runtime.atomic import write_atomically
+
+    write_atomically(stem + ".json", json.dumps(dict(result, layers=layer_rows(report)), indent=1).encode("utf-8"))
     print(f"wrote {stem}.png and {stem}.json ({result['total_seconds']:.0f} s in all)")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import lowbit
 from lowbit.errors import ArtifactError
 from lowbit.runtime.artifact import LIBRARY_PART, MANIFEST_PART, SCHEMA_VERSION
+from lowbit.runtime.atomic import atomic_file
 
 
 def write_artifact(path, library, params, manifest, device_code=()):
@@ -91,23 +92,10 @@ def _versions():
 
 def _write_zip_atomically(path, folder, manifest, parts):
     try:
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise ArtifactError(f"cannot write artifact {path!r}: {err.strerror}; choose a writable path") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
                 archive.writestr(MANIFEST_PART, json.dumps(manifest, indent=2))
                 for name, data in parts.items():
                     archive.writestr(name, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; an artifact is meant to be shared
-        os.replace(tmp_path, path)
-    except BaseException as err:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        if isinstance(err, OSError):
-            raise ArtifactError(f"cannot write artifact {path!r}: {err}; check the path and free disk space") \
-                from err
-        raise
+    except OSError as err:
+        raise ArtifactError(f"cannot write artifact {path!r}: {err}; check the path and free disk space") from err

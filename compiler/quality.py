@@ -235,7 +235,10 @@ def plot_error_vs_bits(table, path, end_to_end=None, title="quantization error v
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    from lowbit.runtime.atomic import atomic_file
+
+    with atomic_file(path) as f:
+        figure.savefig(f, dpi=120, format="png")
     plt.close(figure)
 
 

@@ -77,6 +77,7 @@ def _weight_consumers(proto, weight_names, layers):
 def _save(proto, path):
     import onnx
 
-    temporary = f"{os.fspath(path)}.tmp{os.getpid()}"
-    onnx.save(proto, temporary)
-    os.replace(temporary, path)  # a failed export leaves no half-written file
+    from lowbit.runtime.atomic import atomic_path
+
+    with atomic_path(path) as temporary:  # a failed export leaves no half-written file
+        onnx.save(proto, temporary)

@@ -14,7 +14,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -289,19 +288,10 @@ def make_header(target, repeat, llc, dram):
 
 def write_json(path, result):
     """Write ``result`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from lowbit.runtime.atomic import write_atomically
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, (json.dumps(result, indent=1) + "\n").encode("utf-8"))
 
 
 def run_bench(shapes=DEFAULT_SHAPES, formats=DEFAULT_FORMATS, kernels=DEFAULT_KERNELS, repeat=DEFAULT_REPEAT,

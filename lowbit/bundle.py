@@ -99,8 +99,11 @@ def _find_cudart():
 
 
 def _copy(src, dst):
+    from lowbit.runtime.atomic import atomic_path
+
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.copy2(src, dst)
+    with atomic_path(dst, os.stat(src).st_mode & 0o777) as temporary:  # a killed bundle run leaves no half file
+        shutil.copy2(src, temporary)
 
 
 def _tvm_ffi(site, python, workdir):

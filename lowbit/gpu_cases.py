@@ -13,6 +13,8 @@ import types
 
 import numpy as np
 
+from lowbit.runtime.atomic import atomic_file, write_atomically
+
 CASE_FORMATS = ["w8", "w8s", "w4g128", "w4g128s", "w3g128", "w2g64", "w1g64", "w5g32", "w6g64", "w7g32",
                 "ternary", "ternaryg128", "nf4g64", "fp4g32", "nf4", "cb3g64[-1.0,-0.5,-0.25,-0.1,0.1,0.25,0.5,1.0]"]
 CASE_ROWS = [1, 5, 19, 70]  # one M per bucket: m1, m2-8 (GEMV), m9-32, m33+ (tensor cores)
@@ -56,7 +58,8 @@ def write_cases(folder, arch="sm_90", formats=CASE_FORMATS):
             x16 = x.astype(np.float16)
             ref = x16.astype(np.float64) @ weight.T + bias
             arrays.update({f"x{M}": x, f"ref{M}": ref, f"bound{M}": error_bound(x16, weight, ref, CASE_K)})
-        np.savez(os.path.join(folder, f"{name}.npz"), **arrays)
+        with atomic_file(os.path.join(folder, f"{name}.npz")) as f:
+            np.savez(f, **arrays)
         names.append(name)
     return names
 
@@ -110,13 +113,11 @@ def write_bench_kernels(folder, arch="sm_90", shapes=BENCH_SHAPES):
         executable.export_library(os.path.join(out, "lib.so"))
         code = []
         for index, (sha, fatbin) in enumerate(_device_code(executable, target)):
-            with open(os.path.join(out, "device", f"{index}.fatbin"), "wb") as f:
-                f.write(fatbin)
+            write_atomically(os.path.join(out, "device", f"{index}.fatbin"), fatbin)
             code.append({"source_sha256": sha, "file": f"device/{index}.fatbin"})
         spec = {"format": fmt_name, "N": N, "K": K, "target": target.target, "packed_bytes": layout.packed_bytes,
                 "params": [{"name": n, "shape": list(s.shape), "dtype": str(s.dtype)} for n, s in specs.items()],
                 "plans": {k: plan.rule for k, plan in plans.items()}, "device_code": code}
-        with open(os.path.join(out, "spec.json"), "w", encoding="utf-8") as f:
-            json.dump(spec, f, indent=2)
+        write_atomically(os.path.join(out, "spec.json"), json.dumps(spec, indent=2).encode("utf-8"))
         written.append(out)
     return written

@@ -43,6 +43,7 @@ def run(args):
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+        from lowbit.runtime.atomic import write_atomically
+
+        write_atomically(args.json, json.dumps(report, indent=1).encode("utf-8"))
     return 0

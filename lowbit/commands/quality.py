@@ -99,9 +99,8 @@ def run(args):
         rows = [dict(cell.__dict__) for row in table for cell in row]
         data = {"layers": rows, "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()},
                 "allocation": None if report is None else report.as_manifest()}
-        temporary = f"{args.json}.tmp{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=lambda v: None)
-        os.replace(temporary, args.json)
+        from lowbit.runtime.atomic import write_atomically
+
+        write_atomically(args.json, json.dumps(data, indent=2, default=lambda v: None).encode("utf-8"))
         print(f"wrote {args.json}")
     return 0

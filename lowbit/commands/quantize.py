@@ -78,9 +78,10 @@ def run(args):
         raise ModelError(f"ONNX model {args.model!r} does not exist")
     proto = quantize_onnx(args.model, candidates, args.method, args.calibration, style=args.style,
                           budget_bits=args.budget_bits, progress=True, estimate=args.estimate)
-    temporary = f"{args.output}.tmp{os.getpid()}"
-    onnx.save(proto, temporary)
-    os.replace(temporary, args.output)  # a failed run leaves no half-written model
+    from lowbit.runtime.atomic import atomic_path
+
+    with atomic_path(args.output) as temporary:  # a failed run leaves no half-written model
+        onnx.save(proto, temporary)
     layers = sum(node.op_type in ("DequantizeLinear", "MatMulNBits") for node in proto.graph.node)
     what = candidates[0].name if args.budget_bits is None else \
         f"formats chosen per layer within {args.budget_bits} bits/weight"

@@ -82,7 +82,10 @@ def _summary(name, array):
 def _write(path, names, results):
     import numpy as np
 
-    if path.endswith(".npz"):
-        np.savez(path, **dict(zip(names, results)))
-    else:
-        np.save(path, results[0])
+    from lowbit.runtime.atomic import atomic_file
+
+    with atomic_file(path) as f:  # a file object: np.save / np.savez add no suffix to it
+        if path.endswith(".npz"):
+            np.savez(f, **dict(zip(names, results)))
+        else:
+            np.save(f, results[0])

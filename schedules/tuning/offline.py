@@ -19,6 +19,7 @@ import numpy as np
 from lowbit.errors import InputError
 from lowbit.runtime import measure as offline_files
 from lowbit.runtime import timing
+from lowbit.runtime.atomic import atomic_file
 from lowbit.schedules.tuning import records as tuning_records
 from lowbit.schedules.tuning import tuner
 
@@ -57,8 +58,8 @@ def _export_job(job, model, count, folder, spec, bar):
     builder = tuner.CandidateBuilder(job.weight(), job.M, job.kernel, job.target)
     workload_id = f"w{len(spec['workloads'])}"
     names = list(builder.arrays)
-    np.savez(os.path.join(folder, f"{workload_id}.npz"), x=builder.x, y_reference=builder.reference,
-             y_bound=builder.bound, **builder.arrays)
+    with atomic_file(os.path.join(folder, f"{workload_id}.npz")) as f:
+        np.savez(f, x=builder.x, y_reference=builder.reference, y_bound=builder.bound, **builder.arrays)
     spec["workloads"].append({"id": workload_id, "workload": job.workload, "M": job.M, "inputs": f"{workload_id}.npz",
                               "args": names, "function": "mpgemm"})
     bar.set_description(job.describe())
