@@ -5,7 +5,7 @@ An upgrade of TVM should change this file only.
 import tvm
 
 from lowbit.errors import CompilerUnavailableError
-from lowbit.runtime.threads import use_all_cores
+from lowbit.runtime.threads import configure_thread_pool
 
 if tvm.base._RUNTIME_ONLY:  # the compiler's Python modules below would fail with raw AttributeErrors
     raise CompilerUnavailableError(
@@ -13,7 +13,7 @@ if tvm.base._RUNTIME_ONLY:  # the compiler's Python modules below would fail wit
         "(lowbit.runtime.load() ran before the compiler was first used, or TVM_USE_RUNTIME_LIB=1 is set). "
         "Use the compiler before loading artifacts in one process, or compile in a subprocess "
         "(`lowbit compile`), with TVM_USE_RUNTIME_LIB unset")
-use_all_cores()  # the main thread's kernels (benchmarks, tuning) run on every core, without TVM_NUM_THREADS
+configure_thread_pool()  # the main thread's kernels (benchmarks, tuning) run on every core, without TVM_NUM_THREADS
 
 from tvm import relax, te, tirx  # noqa: E402,F401 (after the check: they fail under the runtime library)
 from tvm import s_tir  # noqa: E402,F401

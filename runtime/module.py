@@ -16,7 +16,7 @@ from lowbit.errors import ArtifactError, InputError, TargetError
 from lowbit.runtime.artifact import LIBRARY_PART, load_params, read_artifact
 from lowbit.runtime.cuda import cuda_device, device_code, is_cuda_manifest, provide_device_code
 from lowbit.runtime.host import host_arch, host_cpu_features
-from lowbit.runtime.threads import use_all_cores
+from lowbit.runtime.threads import configure_thread_pool
 
 
 def _import_tvm():
@@ -182,7 +182,7 @@ class Module:
         keep = any(not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__") for array in given)
         with self._lock:
             if self._device.dlpack_device_type() == self._tvm.cpu().dlpack_device_type():
-                use_all_cores()
+                configure_thread_pool()
             arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
             result = self._entry(*arrays, *self._params)
             items = [result] if len(self.outputs) == 1 else list(result)
