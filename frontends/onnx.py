@@ -18,6 +18,7 @@ import warnings
 
 from lowbit.errors import ModelError
 from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes, subgraph_inputs
+from lowbit.frontends.onnx_nan import keep_nan_in_clip
 
 WEIGHT_PREFIX = "lowbit_w"
 
@@ -108,6 +109,7 @@ def import_onnx(model, format=None, weights=None):  # noqa: A002 (the option's p
     graph = OnnxGraph(proto.graph)
     matches = find_matches(graph, format, weights)
     quantized = _rewrite(proto, graph, matches)
+    keep_nan_in_clip(proto.graph)
     check_supported(proto)
     mod = _to_relax(proto)
     inputs = _input_specs(graph)

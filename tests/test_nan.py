@@ -77,6 +77,32 @@ def test_onnx_relu_keeps_nan():
     assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
 
 
+@pytest.mark.parametrize("bounds", [("lo", "hi"), ("lo", ""), ("", "hi"), ("nan", "hi")], ids=str)
+def test_onnx_clip_keeps_nan_and_clamps_like_onnxruntime(bounds):
+    """Regression: TVM imports Clip as max / min, which turned a NaN input into a clip bound."""
+    import onnxruntime as ort
+
+    inits = [numpy_helper.from_array(np.float32(-0.5), "lo"), numpy_helper.from_array(np.float32(0.25), "hi"),
+             numpy_helper.from_array(np.float32(np.nan), "nan")]
+    codes = np.random.default_rng(3).integers(0, 256, (16, 8), dtype=np.uint8)
+    inits += [numpy_helper.from_array(codes, "w_q"), numpy_helper.from_array(np.full(8, 0.01, np.float32), "s"),
+              numpy_helper.from_array(np.full(8, 128, np.uint8), "z")]
+    nodes = [helper.make_node("Clip", ["x", *bounds], ["c"], name="clip"),
+             helper.make_node("DequantizeLinear", ["w_q", "s", "z"], ["w"], axis=1),
+             helper.make_node("MatMul", ["c", "w"], ["y"])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["M", n]) for name, n in (("y", 8), ("c", 16))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", 16])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 10
+    x = np.linspace(-2, 2, 32, dtype=np.float32).reshape(2, 16)
+    x[0, 3] = np.nan
+    _, clip = lowbit.compile(model, kernel="decode")(x)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["c"], {"x": x})
+    np.testing.assert_array_equal(clip, expected[0])
+    assert np.isnan(clip[0, 3])
+
+
 def test_legalized_relu_and_clip_keep_nan_and_clamp_the_rest():
     """relax.clip (torch's clamp / hardtanh) and relax.nn.relu through lowbit's LegalizeOps."""
     from tvm import relax
