@@ -20,10 +20,11 @@ from lowbit.runtime.threads import configure_thread_pool
 
 
 def _import_tvm():
-    """Import TVM in runtime-only mode, without torch, with one thread per core this process may use."""
+    """Import TVM in runtime-only mode, without torch; the calling thread's pool gets every core (threads.py)."""
     if "tvm" in sys.modules:  # the compiler (or the user) imported it already: reuse it as it is
         import tvm.runtime.vm  # noqa: F401 (``import tvm`` alone does not import the VM)
 
+        configure_thread_pool()
         return sys.modules["tvm"]
     # apache-tvm-ffi imports torch when it is installed (seconds, and gigabytes mapped) to work around a
     # symbol clash; lowbit passes NumPy arrays, so keep torch out unless the user imported it already.
@@ -37,6 +38,7 @@ def _import_tvm():
     finally:
         if block_torch and sys.modules.get("torch", False) is None:
             del sys.modules["torch"]
+    configure_thread_pool()  # this thread's kernels (lowbit measure times them here) run on every core
     return tvm
 
 

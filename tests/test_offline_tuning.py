@@ -22,7 +22,9 @@ import json, os, sys
 from lowbit import cli
 code = cli.main(["measure", sys.argv[1], "--repeat", "2", "--no-progress"])
 maps = [line.split()[-1] for line in open("/proc/self/maps") if "libtvm" in line]
-print(json.dumps({"code": code, "libs": sorted({os.path.basename(path) for path in maps}),
+threads = __import__("tvm_ffi").get_global_func("runtime.NumThreads")()
+print(json.dumps({"code": code, "libs": sorted({os.path.basename(path) for path in maps}), "threads": threads,
+                  "cores": len(os.sched_getaffinity(0)), "env_threads": os.environ.get("TVM_NUM_THREADS"),
                   "modules": [m for m in ("lowbit.compiler", "lowbit.schedules", "lowbit.frontends", "tvm.relax",
                                           "tvm.s_tir", "onnx") if m in sys.modules]}))
 """
@@ -31,6 +33,7 @@ print(json.dumps({"code": code, "libs": sorted({os.path.basename(path) for path 
 def _measure_in_fresh_process(folder):
     env = dict(os.environ)
     env.pop("TVM_USE_RUNTIME_LIB", None)  # `lowbit measure` asks for the runtime library by itself
+    env.pop("TVM_NUM_THREADS", None)
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder)], capture_output=True, text=True, env=env,
                           check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -68,6 +71,7 @@ def test_measure_runs_with_the_runtime_library_only(round_trip):
     _, folder, _, fresh, _ = round_trip
     assert fresh["code"] == 0
     assert fresh["modules"] == []
+    assert fresh["threads"] == fresh["cores"] and fresh["env_threads"] is None  # every core, no env var set
     assert "libtvm_runtime.so" in fresh["libs"]
     assert not {"libtvm_compiler.so", "libtvm.so"} & set(fresh["libs"]), fresh["libs"]
     results = json.loads((folder / measure.RESULTS_FILE).read_text())
