@@ -182,10 +182,9 @@ class Module:
         """Run the model; returns one NumPy array (or a tuple of them when the model has several outputs)."""
         given = self._bind(inputs, named)
         keep = any(not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__") for array in given)
+        arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
+        configure_thread_pool()  # once per calling thread, before its first kernel
         with self._lock:
-            if self._device.dlpack_device_type() == self._tvm.cpu().dlpack_device_type():
-                configure_thread_pool()
-            arrays = [self._tensor(array, spec) for array, spec in zip(given, self.inputs)]
             result = self._entry(*arrays, *self._params)
             items = [result] if len(self.outputs) == 1 else list(result)
             items = items if keep else [item.numpy() for item in items]
