@@ -112,6 +112,13 @@ def onnx_importer():
     return from_onnx
 
 
+def onnx_frontend():
+    """TVM's ONNX frontend module (its ``ONNXGraphImporter`` and converter helpers, for lowbit's converters)."""
+    from tvm.relax.frontend.onnx import onnx_frontend as frontend
+
+    return frontend
+
+
 def onnx_importer_opset():
     """The newest ONNX opset TVM's importer has a converter version for (the highest ``_impl_vN``)."""
     import re

@@ -289,13 +289,12 @@ def _all_nodes(graph):
 
 
 def _to_relax(proto):
-    from lowbit.compiler.tvm_api import onnx_importer
+    from lowbit.frontends.onnx_converters import from_onnx
 
-    from_onnx = onnx_importer()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Renaming name")
         try:
-            return from_onnx(proto, keep_params_in_input=False)
+            return from_onnx(proto)
         except Exception as err:  # TVM's importer raises ValueError, TVMError, AssertionError, KeyError...
             raise ModelError(f"TVM's ONNX importer could not convert the model: {type(err).__name__}: {err}") from err
 
