@@ -105,11 +105,26 @@ def _blocked(where, N, K, scale, zero, k_axis, axis, block_size):
     if scale.shape != expected:
         raise ModelError(f"{where}: scale has shape {scale.shape}; blocks of {block_size} along K={K} need "
                          f"shape {expected}")
-    if K % block_size:
-        raise ModelError(f"{where}: block size {block_size} does not divide K={K}: lowbit groups must divide K")
     if k_axis == 0:
         scale, zero = scale.T, zero.T
-    return scale, zero, block_size
+    return split_blocks(scale, zero, block_size, K)
+
+
+def split_blocks(scales, zeros, block_size, K):
+    """(N, n_blocks) block scales and zeros as lowbit groups that divide K: ``(scales, zeros, group)``.
+
+    A block size that divides K is the group. Otherwise (K = 64 with blocks of 128, or a partial last block:
+    onnxruntime pads K to whole blocks) the group is ``gcd(block_size, K)`` and each block's scale and zero
+    are repeated over its groups: the same weights exactly, at more scales per row.
+    """
+    import math
+
+    if K % block_size == 0:
+        return scales, zeros, block_size
+    group = math.gcd(block_size, K)
+    repeat = block_size // group
+    return (np.repeat(scales, repeat, axis=1)[:, :K // group], np.repeat(zeros, repeat, axis=1)[:, :K // group],
+            group if group < K else None)
 
 
 def decode_matmul_nbits(where, packed, scales, zero_points, N, K, bits, block_size):
@@ -128,8 +143,6 @@ def decode_matmul_nbits(where, packed, scales, zero_points, N, K, bits, block_si
     if packed.dtype != np.uint8 or packed.size != N * n_blocks * blob:
         raise ModelError(f"{where}: B has type {packed.dtype} and shape {packed.shape}; K={K}, N={N}, "
                          f"block_size={block_size}, bits={bits} need uint8 ({N}, {n_blocks}, {blob})")
-    if K % block_size:
-        raise ModelError(f"{where}: block_size {block_size} does not divide K={K}: lowbit groups must divide K")
     codes = unpack_bits(packed.reshape(N, n_blocks * blob), bits, K)
     scales = np.asarray(scales)
     if scales.size != N * n_blocks:
@@ -137,7 +150,8 @@ def decode_matmul_nbits(where, packed, scales, zero_points, N, K, bits, block_si
                          "values")
     scales = scales.astype(np.float32).reshape(N, n_blocks)
     zeros = _nbits_zero_points(where, zero_points, N, n_blocks, bits)
-    return build_weight(where, bits, block_size, codes, scales, zeros)
+    scales, zeros, group = split_blocks(scales, zeros, block_size, K)
+    return build_weight(where, bits, group, codes, scales, zeros)
 
 
 def _nbits_zero_points(where, zero_points, N, n_blocks, bits):
