@@ -9,6 +9,11 @@ uses them (TVM's ``ONNXGraphImporter`` with these tried first; each may decline 
 - ``ConstantOfShape`` of an empty shape (a scalar, the legacy exporter's ``ConstantOfShape(shape=[])``): TVM
   broadcasts the value to rank 0 and fails (``broadcast_to ... ndim 0``). Here it is the scalar constant;
   every constant shape becomes a constant.
+- ``Gather``: TVM's converter (negative indices normalized) emits ``take`` in its ``fast`` mode, which reads out
+  of bounds on a bad index (a token id past the vocabulary segfaults the process). Here the same ``take`` runs in
+  ``nan`` mode for float data (an out-of-range row is NaN, visible) and ``clip`` for integer data; the runtime
+  also refuses a model input that indexes a Gather out of range before calling the model (see
+  ``frontends/onnx.py``, ``index_bounds``).
 """
 import numpy as np
 
@@ -59,8 +64,24 @@ def convert_constant_of_shape(bb, inputs, attr, params):
 CONVERTERS = {"Range": convert_range, "ConstantOfShape": convert_constant_of_shape}
 
 
+def bounded_take(converted):
+    """``converted`` with a ``fast``-mode ``take`` (TVM's Gather) re-made in ``nan`` / ``clip`` mode."""
+    if not (isinstance(converted, relax.Call) and getattr(converted.op, "name", "") == "relax.take"
+            and converted.attrs.mode == "fast"):
+        return converted
+    data, indices = converted.args
+    dtype = str(data.ty.dtype) if isinstance(data.ty, relax.TensorType) else ""
+    axis = converted.attrs.axis
+    return relax.op.take(data, indices, None if axis is None else int(axis),
+                         mode="nan" if dtype.startswith(("float", "bfloat")) else "clip")
+
+
+POST_CONVERTERS = {"Gather": bounded_take}
+
+
 def importer_class():
-    """TVM's ``ONNXGraphImporter`` with :data:`CONVERTERS` tried before its own converter of the op."""
+    """TVM's ``ONNXGraphImporter`` with :data:`CONVERTERS` tried before its own converter of the op, and
+    :data:`POST_CONVERTERS` applied to what its own converter made."""
     base = onnx_frontend().ONNXGraphImporter
 
     class LowbitOnnxImporter(base):
@@ -68,7 +89,9 @@ def importer_class():
             convert = CONVERTERS.get(op_name)
             converted = convert(self.bb, inputs, attrs, [self._nodes, self._params]) if convert else None
             if converted is None:
-                return super()._convert_operator(op_name, inputs, attrs, opset)
+                converted = super()._convert_operator(op_name, inputs, attrs, opset)
+                post = POST_CONVERTERS.get(op_name)
+                return self.bb.normalize(post(converted)) if post else converted
             return self.bb.normalize(converted)
 
     return LowbitOnnxImporter

@@ -131,6 +131,8 @@ def _check_specs(check, specs, key):
                 check.text(extent, f"{where}.shape[{axis}]")
             else:
                 check.integer(extent, f"{where}.shape[{axis}]", 1)
+        if "index_bound" in spec:  # an integer input that indexes a table: values in [-bound, bound)
+            check.integer(spec["index_bound"], f"{where}.index_bound", 1)
 
 
 def _check_target(check, manifest):

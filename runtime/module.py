@@ -251,4 +251,11 @@ def _checked(array, spec):
             limit = f"{want} >= 1" if isinstance(want, str) else str(want)
             raise InputError(f"input {name!r} has shape {array.shape}, expected {expected}: axis {axis} is {got}, "
                              f"must be {limit}; pass an array of shape {expected}")
+    bound = spec.get("index_bound")
+    if bound is not None and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < -bound or high >= bound:
+            bad = low if low < -bound else high
+            raise InputError(f"input {name!r} holds {bad}, but it indexes a table of {bound} rows (the model's "
+                             f"embedding, say): its values must be in [{-bound}, {bound - 1}]")
     return np.ascontiguousarray(array) if array.ndim else array  # ascontiguousarray makes 0-d arrays 1-d

@@ -516,3 +516,57 @@ def test_default_kernel_is_within_the_bar_of_onnxruntime(rng):
     out, ref = compiled(x), run_ort(model, {"x": x})[0]
     assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-2
     assert compiled.manifest["layers"][0]["kernel"] in ("a8", "decode")
+
+
+def test_auto_keeps_activations_the_model_quantizes_itself_in_float(rng):
+    """DynamicQuantizeLinear + MatMulInteger fixes the activation's rounding: ``auto`` compiles the layer with the
+    float-activation kernel (the int8 one would round the activation again, per group); ``a8`` stays available."""
+    codes = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    inits = [numpy_helper.from_array(codes, "w_q"),
+             numpy_helper.from_array(rng.uniform(0.001, 0.01, N).astype(np.float32), "w_scale")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["x_q", "x_scale", "x_zero"], name="dql"),
+             helper.make_node("MatMulInteger", ["x_q", "w_q", "x_zero"], ["acc"], name="mmi"),
+             helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Mul", ["x_scale", "w_scale"], ["s"], name="scale_mul"),
+             helper.make_node("Mul", ["acc_f", "s"], ["y"], name="out_mul")]
+    model = make_model(nodes, [tensor_in("x", ["M", K])], [tensor_in("y", None)], inits)
+    assert list(import_onnx(model).quantized.values())[0].activation_quantized
+    compiled = lowbit.compile(model)
+    assert compiled.manifest["layers"][0]["kernel"] == "decode"
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert np.abs(compiled(x) - ref).max() / np.abs(ref).max() < 1e-5
+    weight_only, _ = matmul_nbits_model(rng, True, True)
+    assert not list(import_onnx(weight_only).quantized.values())[0].activation_quantized
+
+
+def embedding_model(rng, vocab=10, width=K):
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    W = rng.standard_normal((width, N)).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64, name="cast"),
+             helper.make_node("Gather", ["table", "ids64"], ["h"], axis=0, name="embed"),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="proj")]
+    model = make_model(nodes, [tensor_in("ids", ["batch", "seq"], TensorProto.INT32)], [tensor_in("y", None)],
+                       [numpy_helper.from_array(table, "table"), numpy_helper.from_array(W, "W")])
+    return model, table, W
+
+
+def test_gather_indices_past_the_table_are_refused_not_read(rng, tmp_path):
+    """A token id past the vocabulary (or below -vocab) is an InputError before the call; TVM's Gather would read
+    out of bounds (its ``fast`` take), so lowbit's take returns NaN rows for an index it did not check."""
+    from lowbit.errors import InputError
+    from lowbit.runtime import load
+
+    model, table, W = embedding_model(rng)
+    imported = import_onnx(model, format="w8g32")
+    assert imported.inputs[0]["index_bound"] == 10
+    assert 'mode="fast"' not in imported.mod.script() and 'mode="nan"' in imported.mod.script()
+    compiled = lowbit.compile(model, format="w8g32")
+    compiled.save(tmp_path / "m.lowbit")
+    module = load(tmp_path / "m.lowbit")
+    ids = np.array([[0, 9, -1, -10]], np.int32)
+    ref = table[ids] @ W
+    assert np.abs(module(ids=ids) - ref).max() <= 1e-2 * np.abs(ref).max()
+    for bad in (10, -11, 2**31 - 1):
+        with pytest.raises(InputError, match=r"indexes a table of 10 rows.*\[-10, 9\]"):
+            module(ids=np.array([[1, bad]], np.int32))

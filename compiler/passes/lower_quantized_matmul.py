@@ -73,7 +73,8 @@ class LowerQuantizedMatmul:
     Parameters
     ----------
     layers : dict of str -> spec
-        Placeholder parameter name -> an object with ``name`` (layer name) and ``weight`` (QuantizedWeight).
+        Placeholder parameter name -> an object with ``name`` (layer name) and ``weight`` (QuantizedWeight), and
+        optionally ``activation_quantized`` (``auto`` then picks ``decode``: see frontends.onnx.QuantizedLinearSpec).
     target : TargetInfo
     kernel : {"auto", "decode", "a8"}
     progress : bool
@@ -123,7 +124,10 @@ class LowerQuantizedMatmul:
     def _add_kernel(self, builder, index, layer):
         from lowbit.compiler.pipeline import LayerPlan
 
-        chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, self.kernel)
+        kernel = self.kernel
+        if kernel == "auto" and getattr(layer, "activation_quantized", False):
+            kernel = "decode"  # the model fixed the activation's rounding: a8 would round it again
+        chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, kernel)
         gvar, plans = add_linear_functions(builder.add_func, layout, arrays, False, self.target,
                                            name=f"layer{index}_mpgemm", tuning_log=self.tuning_log)
         N, K = layer.weight.shape
