@@ -153,10 +153,16 @@ class Module:
         self._lock = threading.Lock()  # the VM's registers and memory pool are shared: one call at a time
 
     def _tensor(self, array, spec):
-        """An input on the model's device: NumPy arrays are copied there, DLPack tensors are wrapped."""
+        """An input on the model's device: DLPack tensors and, on the CPU, writeable NumPy arrays that are
+        64-byte aligned are wrapped without a copy (the call reads them before it returns); others are copied
+        (on the CPU into a 64-byte aligned NumPy buffer, then wrapped)."""
         if not isinstance(array, np.ndarray) and hasattr(array, "__dlpack__"):
             return _checked_dlpack(self._tvm.runtime.from_dlpack(array), spec, self._device)
-        return self._tvm.runtime.tensor(_checked(array, spec), self._device)
+        array = _checked(array, spec)
+        if self._device.dlpack_device_type() == 1 and array.ndim:
+            # wrapped, not copied by TVM (0.4 us, against 19 us for tvm.runtime.tensor of a small input)
+            return self._tvm.runtime.from_dlpack(_aligned(array))
+        return self._tvm.runtime.tensor(array, self._device)
 
     @property
     def manifest(self):
@@ -211,6 +217,20 @@ class Module:
     def __repr__(self):
         specs = ", ".join(f"{s['name']}: {s['dtype']}{_shape_text(s['shape'])}" for s in self.inputs)
         return f"<lowbit.runtime.Module ({specs}) {self._manifest.get('target_tag', '')}, {len(self.layers)} layers>"
+
+
+_ALIGNMENT = 64  # TVM's kernels assume 64-byte aligned buffers; other arrays are copied into aligned ones
+
+
+def _aligned(array):
+    """``array`` itself when writeable and 64-byte aligned (it is C-contiguous already), else an aligned copy."""
+    if array.flags.writeable and array.ctypes.data % _ALIGNMENT == 0:
+        return array
+    raw = np.empty(array.nbytes + _ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGNMENT
+    copy = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    np.copyto(copy, array)
+    return copy
 
 
 def _checked_dlpack(tensor, spec, device):

@@ -95,3 +95,27 @@ def test_odd_thread_settings_never_crash_a_load_or_a_call(module, value, threads
     assert report["finite"]
     assert report["threads"] == (threads or report["cores"])
     assert bool(report["warnings"]) == (threads is None)
+
+
+def test_aligned_inputs_are_read_in_place_and_others_copied_with_the_same_result(module):
+    """An aligned, writeable array is passed without a copy; a misaligned view, a read-only array and a strided
+    one are copied into aligned buffers; all give the same output, and no input is written to."""
+    m, _ = module
+    rng = np.random.default_rng(9)
+    raw_x = np.zeros(3 * K * 4 + 64, np.uint8)
+    x = raw_x[(-raw_x.ctypes.data) % 64:][:3 * K * 4].view(np.float32).reshape(3, K)
+    x[...] = rng.standard_normal((3, K))
+    assert x.ctypes.data % 64 == 0
+    expected = m(x.copy())
+    raw = np.zeros(3 * K * 4 + 64 + 4, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 4  # 4 bytes past a 64-byte boundary
+    misaligned = raw[start:start + 3 * K * 4].view(np.float32).reshape(3, K)
+    misaligned[...] = x
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    strided = np.repeat(x, 2, axis=1)[:, ::2]
+    before = [a.copy() for a in (x, misaligned, read_only, strided)]
+    for array in (x, misaligned, read_only, strided):
+        np.testing.assert_array_equal(m(array), expected)
+    for array, copy in zip((x, misaligned, read_only, strided), before):
+        np.testing.assert_array_equal(array, copy)
