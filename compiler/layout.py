@@ -61,6 +61,12 @@ class KernelLayout(_RowTiles, GroupWords):
     lanes: int
     decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]; "a8": byte-sliced, int8 dot
     dim: int = 1  # weights per code (2: a 2-D codebook's code covers a pair of weights)
+    scale_ratio: int = 1  # a8: K-groups per weight-scale group (activation groups finer than the weight's)
+
+    @property
+    def scale_groups(self):
+        """Groups of scales (and zero points) along K: ``n_groups // scale_ratio``."""
+        return self.n_groups // self.scale_ratio
 
     @property
     def codes_per_word(self):
@@ -79,7 +85,7 @@ class KernelLayout(_RowTiles, GroupWords):
     def packed_bytes(self):
         """Bytes the kernel reads for weights: words, scales (and scale*zero) per lane."""
         words = self.n_tiles * self.n_groups * self.words_per_group * self.lanes * 4
-        per_group = self.n_tiles * self.n_groups * self.lanes * 4 * (1 if self.decode == "codebook" else 2)
+        per_group = self.n_tiles * self.scale_groups * self.lanes * 4 * (1 if self.decode == "codebook" else 2)
         return words + per_group
 
     def arg_names(self):
@@ -154,15 +160,20 @@ def relayout_a8(qw, lanes):
     """Re-lay a uniform or ternary QuantizedWeight for the int8-activation (``a8``) kernels.
 
     Codes are stored in ``storage_bits(bits)`` (1, 2, 4 or 8) so that they never straddle a byte, in
-    byte-sliced order within each word. Arrays: ``W`` int32 (NT, Gn, wpg, lanes), ``S`` float32 scales and
-    ``Z`` int32 zero points (NT, Gn, lanes).
+    byte-sliced order within each word. The layout's K-groups are the activation's quantization groups
+    (:func:`lowbit.compiler.kernels_a8.activation_group`: at most 32 wide), ``scale_ratio`` of them per weight
+    group. Arrays: ``W`` int32 (NT, Gn, wpg, lanes), ``S`` float32 scales and ``Z`` int32 zero points
+    (NT, Gn / scale_ratio, lanes): one per weight group, never repeated.
     """
     from lowbit.compiler.intrinsics.x86_dot import storage_bits
+    from lowbit.compiler.kernels_a8 import activation_group
 
     fmt = qw.format
     N, K = qw.codes.shape
-    layout = KernelLayout(N=N, K=K, bits=storage_bits(fmt.bits), group_size=fmt.group_size or K, lanes=lanes,
-                          decode="a8")
+    weight_group = fmt.group_size or K
+    group = activation_group(weight_group)
+    layout = KernelLayout(N=N, K=K, bits=storage_bits(fmt.bits), group_size=group, lanes=lanes, decode="a8",
+                          scale_ratio=weight_group // group)
     G, Gp, vpw = layout.group_size, layout.padded_group, layout.codes_per_word
     grouped = qw.codes.reshape(N, layout.n_groups, G)
     if Gp != G:

@@ -198,9 +198,9 @@ def kernel_activations(kernel, x, qw):
     rounding per row and K-group (the compiler's NumPy twin of that kernel's activation quantization)."""
     if kernel != "a8":
         return x
-    from lowbit.compiler.kernels_a8 import quantize_activations_reference
+    from lowbit.compiler.kernels_a8 import activation_group, quantize_activations_reference
 
-    return quantize_activations_reference(x, qw.group_size)[0]
+    return quantize_activations_reference(x, activation_group(qw.group_size))[0]
 
 
 def kernel_reference(kernel, x_used, qw, dequantized):

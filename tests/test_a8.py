@@ -8,7 +8,7 @@ import pytest
 from kernel_data import row_scaled_activations, row_scaled_weight
 from lowbit.compiler.formats import quantize
 from lowbit.compiler.intrinsics import x86_dot
-from lowbit.compiler.kernels_a8 import quantize_activations_reference, reference
+from lowbit.compiler.kernels_a8 import activation_group, quantize_activations_reference, reference
 from lowbit.compiler.linear import build_linear, choose_kernel
 from lowbit.compiler.target import host_target, resolve_target
 from lowbit.errors import KernelError
@@ -28,8 +28,8 @@ _activations = functools.partial(row_scaled_activations, K=K)
 def error_bound(qw, x):
     """Integer sums are exact; the float epilogue rounds a few times per group and adds G_n group terms, each
     bounded by sum_k |x_deq| |w|: eps * (groups + 4) * sum_k |x_deq[m, k]| |w[n, k]|."""
-    x_deq, _, _ = quantize_activations_reference(x, qw.group_size)
-    groups = K // qw.group_size
+    x_deq, _, _ = quantize_activations_reference(x, activation_group(qw.group_size))
+    groups = K // activation_group(qw.group_size)
     return EPS32 * (groups + 4) * (np.abs(x_deq) @ np.abs(qw.dequantize().astype(np.float64)).T)
 
 
@@ -139,3 +139,22 @@ def test_all_zero_activation_group_gives_zero():
     out = lin.run(x)
     assert np.isfinite(out).all()
     _check(lin, qw, x)
+
+
+def test_activations_are_scaled_per_32_under_wider_weight_groups_without_repeating_weight_scales():
+    """w4g128: the int8 activation scale covers 32 weights (the kernel equals the reference that quantizes
+    activations per 32, test above), while the weight's scales and zero points stay one per 128: the kernel reads
+    no more bytes than before."""
+    from lowbit.compiler.layout import relayout_a8
+
+    qw = quantize(_weight(12), "w4g128")
+    layout, arrays = relayout_a8(qw, 16)
+    assert (layout.group_size, layout.scale_ratio) == (32, 4)
+    assert arrays["S"].shape == (layout.n_tiles, K // 128, 16) == arrays["Z"].shape
+    assert layout.packed_bytes == arrays["W"].nbytes + arrays["S"].nbytes + arrays["Z"].nbytes
+    assert activation_group(128) == 32 and activation_group(32) == 32 and activation_group(48) == 48
+    x = _activations(3, 13)
+    coarse = quantize_activations_reference(x, 128)[0] @ qw.dequantize().astype(np.float64).T
+    fine = reference(qw, x)
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    assert np.abs(fine - exact).max() < np.abs(coarse - exact).max()

@@ -129,7 +129,9 @@ def record_fits(record, layout, bucket):
 def _layout_signature(layout):
     """What :func:`layout_key` says of a format, read off a built layout (None: no record applies)."""
     if layout.decode != "lut":
-        return (layout.bits, layout.group_size, layout.decode) + (() if layout.decode == "a8" else (layout.dim,))
+        if layout.decode == "a8":  # the weight's group (the layout's K-groups are the activation's)
+            return layout.bits, layout.group_size * layout.scale_ratio, layout.decode
+        return layout.bits, layout.group_size, layout.decode, layout.dim
     from lowbit.compiler.layout import LutParams
 
     if layout.params != LutParams():

@@ -279,8 +279,15 @@ class WorkloadJob:
             self.layout = lut_layout(self.kernel_fmt, self.N, self.K, lut_vector_bytes(target, self.kernel_fmt))
         else:
             bits, _, decode, *dim = tuning_space.layout_key(fmt.name, self.kernel, self.K)
-            self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group, lanes=target.vector_lanes,
-                                       decode=decode, dim=dim[0] if dim else 1)
+            if decode == "a8":  # as relayout_a8: K-groups of the activation's scale, the weight's scale per ratio
+                from lowbit.compiler.kernels_a8 import activation_group
+
+                fine = activation_group(group)
+                self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=fine,
+                                           lanes=target.vector_lanes, decode=decode, scale_ratio=group // fine)
+            else:
+                self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group,
+                                           lanes=target.vector_lanes, decode=decode, dim=dim[0] if dim else 1)
         self.workload = tuning_records.make_workload(self.N, self.K, fmt.name, self.kernel, self.bucket.key)
         self.candidates = self._ordered_space()
 
