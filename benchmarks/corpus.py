@@ -14,7 +14,7 @@ Axes (every combination that applies):
 - quantizer: onnxruntime's ``MatMulNBitsQuantizer`` (``nbits4-b32`` asymmetric, ``nbits4-b128s`` symmetric,
   ``nbits8``, ``nbits4-qdq``: blocked int4 DequantizeLinear + MatMul), ``dynamic`` (``quantize_dynamic``:
   MatMulInteger), ``static-qdq`` (``quantize_static``, QDQ, per-channel int8), and ``lowbit`` (``lowbit
-  quantize --format w4g128``).
+  quantize --format w4g64``: groups of 64 divide every K here, 576 included).
 
 Numerics: onnxruntime with graph optimizations off runs the same quantized file; the bar per model is cosine
 >= 0.999 on the final output and max |diff| / max |y| <= 2e-2 (4-bit) or 1e-2 (8-bit). Speed: onnxruntime at its
@@ -151,7 +151,7 @@ def quantize(source, quantizer, target, calibration):
     if quantizer == "lowbit":
         from lowbit import cli
 
-        code = cli.main(["quantize", source, "--format", "w4g128", "-o", target])
+        code = cli.main(["quantize", source, "--format", "w4g64", "-o", target])
         if code:
             raise RuntimeError(f"lowbit quantize exited {code}")
         return target
@@ -236,9 +236,6 @@ def median_ms(run, repeat):
     return float(np.median(times))
 
 
-_EXPORTED = set()
-
-
 def run_case(case, folder, full=False, speed=True, repeat=10):
     """Build, export, quantize, compile and check one case (filled in place); returns it."""
     import lowbit
@@ -248,10 +245,9 @@ def run_case(case, folder, full=False, speed=True, repeat=10):
     stem = os.path.join(folder, f"{case.architecture}-{'full' if full else 'small'}-{case.exporter}")
     model, example, names = build_model(case.architecture, full)
     float_path = stem + ".onnx"
-    if float_path not in _EXPORTED:  # once per run: a file of an earlier run may hold other dimensions
+    if not os.path.exists(float_path):  # main() removes the exports of earlier runs: they may differ
         export(model, example, names, case.exporter, float_path)
-        _EXPORTED.add(float_path)
-    calibration = [feeds_for(case.architecture, names, 2, seed) for seed in range(4)]
+    calibration = [feeds_for(case.architecture, names, 2, seed, full) for seed in range(4)]
     quantized = quantize(float_path, case.quantizer, f"{stem}-{case.quantizer}.onnx", calibration)
     artifact = f"{stem}-{case.quantizer}.lowbit"
     try:
@@ -295,6 +291,21 @@ def table(cases):
     return "\n".join(lines)
 
 
+def _run_case_reporting(case, folder, full):
+    try:
+        run_case(case, folder, full)
+    except Exception as err:  # noqa: BLE001 - an export or quantizer failure is reported, the corpus goes on
+        case.error = f"{type(err).__name__}: {str(err)[:300]}"
+    return case
+
+
+def _remove_exports(folder, full):
+    size = "full" if full else "small"
+    for name in os.listdir(folder):
+        if any(name.startswith(f"{arch}-{size}-{exporter}.onnx") for arch in ARCHITECTURES for exporter in EXPORTERS):
+            os.remove(os.path.join(folder, name))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="MiniLM-sized models and the pretrained MiniLM")
@@ -307,12 +318,20 @@ def main(argv=None):
     cases = [Case(*args.only)] if args.only else corpus(args.full)
     if args.exporters:
         cases = [case for case in cases if case.exporter in args.exporters]
+    _remove_exports(args.folder, args.full)
+    import concurrent.futures
+    import multiprocessing
+
+    # one fresh process per case: torch's exporter and onnxruntime's quantizers keep memory across cases (a
+    # whole --full run in one process was killed by the OOM killer at 24 GiB), and a crash stays one row
+    context = multiprocessing.get_context("spawn")
     for index, case in enumerate(cases, 1):
         start = time.time()
-        try:
-            run_case(case, args.folder, args.full)
-        except Exception as err:  # noqa: BLE001 - an export or quantizer failure is reported, the corpus goes on
-            case.error = f"{type(err).__name__}: {str(err)[:300]}"
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            try:
+                case = cases[index - 1] = pool.submit(_run_case_reporting, case, args.folder, args.full).result()
+            except Exception as err:  # noqa: BLE001 - the case's process died: reported, the corpus goes on
+                case.error = f"{type(err).__name__}: {str(err)[:300]}"
         print(f"[{index}/{len(cases)}] {case.architecture} {case.exporter} {case.quantizer}: "
               f"{'pass' if case.passed else 'FAIL'} {case.error[:120]} ({time.time() - start:.0f} s)", flush=True)
     print(table(cases))
