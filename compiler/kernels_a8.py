@@ -17,29 +17,11 @@ import numpy as np
 
 from lowbit.compiler.intrinsics.x86_dot import dot_term
 from lowbit.compiler.kernels import F32, _output, _padded_activations, _row, padded_rows
+from lowbit.compiler.layout import activation_group
 from lowbit.compiler.tvm_api import te, tirx
 
 INT8_MAX = 127.0
 TINY = 1e-30  # guards the all-zero group: its codes are 0 whatever the scale
-ACTIVATION_GROUP = 32
-
-
-def activation_group(weight_group):
-    """The K-group of the activation's int8 scale under weights grouped by ``weight_group``: 32 when that
-    divides the weight group (one weight scale then covers ``weight_group // 32`` activation groups), else the
-    weight group itself.
-
-    One int8 scale per 128 activations lost too much on real activations: the pretrained all-MiniLM-L6-v2 with
-    onnxruntime's blocks of 128 came out at cosine 0.99891 and max |diff| / max |y| 1.96e-2 against onnxruntime
-    (blocks of 32: 0.99965, 1.04e-2); llama.cpp's q8_0 activations use blocks of 32 too. The weights' scales are
-    not repeated: the kernel reads the same bytes, and adds one float term per 32 activations. That term costs
-    time where the kernel is compute-bound, measured on 4096 x 4096 against groups of 128 (w4g128) or one group
-    per row (w8): M=1 +3-6%, M=16 +22%, M=128 +25-34%; accuracy on real models comes first, and the
-    compute-bound kernels for large M are their own work (int8 tiles, a kernel per M bucket).
-    """
-    if weight_group > ACTIVATION_GROUP and weight_group % ACTIVATION_GROUP == 0:
-        return ACTIVATION_GROUP
-    return weight_group
 
 
 def _nan_max():

@@ -13,7 +13,7 @@ uses them (TVM's ``ONNXGraphImporter`` with these tried first; each may decline 
   of bounds on a bad index (a token id past the vocabulary segfaults the process). Here the same ``take`` runs in
   ``nan`` mode for float data (an out-of-range row is NaN, visible) and ``clip`` for integer data; the runtime
   also refuses a model input that indexes a Gather out of range before calling the model (see
-  ``frontends/onnx.py``, ``index_bounds``).
+  ``frontends/onnx.py``, ``_index_bound``).
 """
 import numpy as np
 

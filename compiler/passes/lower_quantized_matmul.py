@@ -73,8 +73,8 @@ class LowerQuantizedMatmul:
     Parameters
     ----------
     layers : dict of str -> spec
-        Placeholder parameter name -> an object with ``name`` (layer name) and ``weight`` (QuantizedWeight), and
-        optionally ``activation_quantized`` (``auto`` then picks ``decode``: see frontends.onnx.QuantizedLinearSpec).
+        Placeholder parameter name -> an object with ``name`` (layer name), ``weight`` (QuantizedWeight) and
+        ``activation_quantized`` (``auto`` then picks ``decode``: see frontends.onnx.QuantizedLinearSpec).
     target : TargetInfo
     kernel : {"auto", "decode", "a8"}
     progress : bool
@@ -125,7 +125,7 @@ class LowerQuantizedMatmul:
         from lowbit.compiler.pipeline import LayerPlan
 
         kernel = self.kernel
-        if kernel == "auto" and getattr(layer, "activation_quantized", False):
+        if kernel == "auto" and layer.activation_quantized:
             kernel = "decode"  # the model fixed the activation's rounding: a8 would round it again
         chosen, layout, arrays = prepare_layer(layer.weight, None, self.target, kernel)
         gvar, plans = add_linear_functions(builder.add_func, layout, arrays, False, self.target,

@@ -262,7 +262,7 @@ class WorkloadJob:
 
     def __init__(self, shape, fmt, kernel, target, database):
         from lowbit.compiler.formats import kernel_format
-        from lowbit.compiler.layout import KernelLayout, lut_layout
+        from lowbit.compiler.layout import KernelLayout, a8_layout, lut_layout
         from lowbit.compiler.linear import choose_kernel, lut_vector_bytes
 
         self.M, self.N, self.K = shape
@@ -279,12 +279,8 @@ class WorkloadJob:
             self.layout = lut_layout(self.kernel_fmt, self.N, self.K, lut_vector_bytes(target, self.kernel_fmt))
         else:
             bits, _, decode, *dim = tuning_space.layout_key(fmt.name, self.kernel, self.K)
-            if decode == "a8":  # as relayout_a8: K-groups of the activation's scale, the weight's scale per ratio
-                from lowbit.compiler.kernels_a8 import activation_group
-
-                fine = activation_group(group)
-                self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=fine,
-                                           lanes=target.vector_lanes, decode=decode, scale_ratio=group // fine)
+            if decode == "a8":  # the layout relayout_a8 builds
+                self.layout = a8_layout(self.N, self.K, bits, group, target.vector_lanes)
             else:
                 self.layout = KernelLayout(N=self.N, K=self.K, bits=bits, group_size=group,
                                            lanes=target.vector_lanes, decode=decode, dim=dim[0] if dim else 1)
