@@ -229,3 +229,62 @@ def test_kernel_followed_by_activation_is_not_fused_with_it(tmp_path):
     reference = y * (0.5 + 0.5 * np.vectorize(erf)(y / np.sqrt(2)))
     bound = 64 * EPS32 * (np.abs(x) @ np.abs(model.layers[0].weight.dequantize()).T) + 4 * EPS32 * np.abs(y)
     assert (np.abs(compiled(x) - reference) <= 1.5 * bound + EPS32 * np.abs(reference)).all()
+
+
+def _rms_norm_silu(width):
+    """``silu(x / sqrt(mean(x * x, -1, keepdims) + 1e-6) * gamma)`` over (batch, seq, width): Llama's RMSNorm as
+    torch exports it (a keepdims mean), then the MLP's SiLU."""
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = relax.Var("x", relax.TensorType((batch, seq, width), "float32"))
+    gamma = np.random.default_rng(width).uniform(0.5, 2.0, width).astype(np.float32)
+
+    def build(bb, x):
+        ms = bb.emit(relax.op.mean(bb.emit(relax.op.multiply(x, x)), axis=[-1], keepdims=True))
+        scale = bb.emit(relax.op.sqrt(relax.op.add(ms, relax.const(1e-6, "float32"))))
+        h = bb.emit(relax.op.multiply(relax.op.divide(x, scale), relax.const(gamma)))
+        return relax.op.multiply(h, bb.emit(relax.op.sigmoid(h)))
+
+    return _function(build, x), gamma
+
+
+@pytest.mark.parametrize("width", [64, 576])
+def test_keepdims_norm_runs_its_reduction_once_per_row(target, width):
+    """Regression: a keepdims reduction's unit axis was counted as a row axis, so RMSNorm's row loop ran over every
+    element with the row's sum of squares recomputed under it (576 times the work). Sigmoid uses fast_exp."""
+    (mod, gamma) = _rms_norm_silu(width)
+    scheduled, vm = _compiled(mod, target)
+    norm = next(func for name, func in scheduled.functions_items() if "mean" in name.name_hint)
+    assert str(norm.attrs[FLOAT_OP_ATTR]) == "row_reduction"
+    assert "T.parallel(batch * seq)" in norm.script()
+    from lowbit.compiler.passes.fast_float_math import FastFloatMath
+
+    assert "R.sigmoid" in mod.script() and "R.sigmoid" not in FastFloatMath()(mod).script()
+    rng = np.random.default_rng(2)
+    for batch, seq in [(1, 1), (1, 16), (2, 17), (4, 64)]:
+        x = rng.standard_normal((batch, seq, width)).astype(np.float32) * 2
+        h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * gamma
+        reference = h / (1 + np.exp(-h))
+        # the mean: width positive terms; rsqrt, divide, scale: a few eps; silu: sigmoid's slope |h| carries h's
+        # error, fast_exp 4 eps and the division 2
+        h_error = (width / 2 + 4) * EPS32
+        bound = (h_error * (1 + np.abs(h)) + 8 * EPS32) * np.abs(reference) + EPS32 * 1e-30
+        ours = _run(vm, x)
+        assert (np.abs(ours - reference) <= bound).all(), f"batch {batch}, seq {seq}"
+
+
+def test_whole_tensor_max_and_min_are_parallel_and_exact(target):
+    """DynamicQuantizeLinear's max and min of the whole activation: the full_reduction rule (rows in parallel,
+    vector partial maxima), and exactly NumPy's value (max and min do not round)."""
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = relax.Var("x", relax.TensorType((batch, seq, 64), "float32"))
+    mod = _function(lambda bb, x: relax.Tuple([bb.emit(relax.op.max(x)), bb.emit(relax.op.min(x))]), x)
+    scheduled, vm = _compiled(mod, target)
+    used = _rules_used(scheduled)
+    assert sorted(used.values()) == ["full_reduction", "full_reduction"]
+    for name in used:
+        assert "T.parallel" in _work_branch(scheduled[name]).then_case.script()
+    rng = np.random.default_rng(4)
+    for batch_size, seq_len in [(1, 1), (1, 16), (3, 17), (32, 64)]:
+        values = rng.standard_normal((batch_size, seq_len, 64)).astype(np.float32)
+        biggest, smallest = vm["main"](tvm.runtime.tensor(values))
+        assert biggest.numpy() == values.max() and smallest.numpy() == values.min()

@@ -154,6 +154,21 @@ def _leading_spatial(sch, block):
     return count
 
 
+def _row_axes(sch, block):
+    """The leading spatial iters that index rows: a reduction's trailing unit iters (a ``keepdims`` reduction's
+    (rows, 1) output, as RMSNorm's ``mean(x * x, -1, keepdims=True)``) are not rows of the blocks that read it.
+
+    Counting that unit iter made the row loop of RMSNorm's last block run over every element, with the row's
+    reduction computed under it once per element: 576 times the work (0.23 ms for 16 x 576).
+    """
+    count = _leading_spatial(sch, block)
+    if _is_reduction(sch, block):
+        iters = sch.get(block).iter_vars
+        while count > 1 and _static(iters[count - 1].dom.extent) == 1:
+            count -= 1
+    return count
+
+
 def _row_shaped(sch, block):
     """Spatial iters, then (for a reduction) only reduction iters: ``S..S R..R``."""
     kinds = _iter_types(sch, block)
@@ -247,7 +262,7 @@ class RowReduction:
             return None
         if not all(_row_shaped(sch, block) and _plain_loops(sch, block) is not None for block in blocks):
             return None
-        rows = min(_leading_spatial(sch, block) for block in blocks)
+        rows = min(_row_axes(sch, block) for block in blocks)
         lanes = target.vector_lanes
         partial_names = set()
         for block in blocks:
@@ -260,6 +275,38 @@ class RowReduction:
                 sch.compute_at(block, row)
             for block in sch.get_child_blocks(row):
                 _vectorize_row(sch, block, lanes, sch.get(block).name_hint in partial_names)
+        return sch
+
+
+class FullReduction:
+    """A reduction of a whole tensor to one value (the max and min of onnxruntime's DynamicQuantizeLinear, a
+    ReduceMax / ReduceSum without axes): one parallel reduction per row (the leading axes, fused), each a vector of
+    partial results over the row's last axis (:func:`_split_reduction`), then a short serial reduction of the
+    rows' results. Only for a last axis of known length that is a multiple of the vector width.
+
+    Unscheduled, the max of a 32 x 16 x 4096 activation took 2.6 ms on one thread, scalar.
+    """
+
+    name = "full_reduction"
+
+    def apply(self, func, target, parallel=True):
+        sch = Schedule(func)
+        blocks = inline_single_use(sch)
+        if len(blocks) != 1 or set(_iter_types(sch, blocks[0])) != {_REDUCE}:
+            return None
+        loops = _plain_loops(sch, blocks[0])
+        lanes = target.vector_lanes
+        if loops is None or len(loops) < 2:
+            return None
+        extent = _extent(sch, loops[-1])
+        if extent is None or extent % lanes or extent < 2 * lanes:
+            return None
+        rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        per_row = sch.rfactor(rows, factor_axis=0)
+        partial = _split_reduction(sch, per_row, lanes)
+        row = parallel_outer(sch, sch.get_loops(per_row)[:1], parallel)
+        sch.compute_at(partial, row)
+        _vectorize_row(sch, partial, lanes, True)
         return sch
 
 
@@ -422,7 +469,7 @@ class Fallback:
         return sch
 
 
-RULES = (FloatMatmul(), RowReduction(), Elementwise(), Fallback())
+RULES = (FloatMatmul(), RowReduction(), FullReduction(), Elementwise(), Fallback())
 
 # Below this much work (block instances, see :func:`work`) a function runs its single-thread schedule: waking
 # the second core costs about 1 us, more on a loaded machine. Measured on the 2-core development machine: an
