@@ -11,7 +11,15 @@ per-element subtraction. The dot product is the reference expression of
 :func:`lowbit.compiler.intrinsics.x86_dot.dot_term`, which the schedule tensorizes with the host's
 instruction. :func:`reference` is the NumPy truth of the whole kernel.
 
-Params, in order: ``X, W, S, Z, [B], Y`` (layout: :func:`lowbit.compiler.layout.relayout_a8`).
+With the model's own activation codes (onnxruntime's dynamic and static quantization: uint8 / int8 with one
+scale ``xs`` and zero point ``xz`` per tensor) the kernel takes those codes as they are: the product is the
+model's own integer product, exact, with the zero point's part a per-column term (``c``: see relayout_a8)::
+
+    y[m, n] = xs * sum_g s[n, g] * (sum_k q[n, k] * a[m, k]  -  z[n, g] * sum_k a[m, k]  +  (shift - xz) * c[n, g])
+
+where ``a = code - shift`` is int8 (``shift`` 128 for uint8 codes, 0 for int8).
+
+Params, in order: ``X, [XS, XZ], W, S, Z, [C], [B], Y`` (layout: :func:`lowbit.compiler.layout.relayout_a8`).
 """
 import numpy as np
 
@@ -52,16 +60,60 @@ def quantize_activations(Xp, M, layout):
     return amax, xq, xsum
 
 
+def model_codes(X, layout, M):
+    """Blocks XQ (int8: the model's codes, uint8 ones shifted by -128) and XSUM (int32 sum of XQ) for X the
+    model's own activation codes (``layout.activation`` uint8 / int8); padding past K is 0 (it adds nothing)."""
+    G, Gp, shift = layout.group_size, layout.padded_group, code_shift(layout.activation)
+
+    def shifted(m, g, kk):
+        code = (X[m, g * G + (kk if Gp == G else tirx.min(kk, G - 1))].astype("int32") - shift).astype("int8")
+        return code if Gp == G else tirx.if_then_else(kk < G, code, tirx.const(0, "int8"))
+
+    xq = te.compute((M, layout.n_groups, Gp), shifted, name="XQ")
+    r2 = te.reduce_axis((0, Gp), name="r2")
+    xsum = te.compute((M, layout.n_groups), lambda m, g: te.sum(xq[m, g, r2].astype("int32"), axis=r2), name="XSUM")
+    return xq, xsum
+
+
+def code_shift(activation):
+    """What the kernel subtracts from the model's activation codes to make them int8: 128 for uint8, 0 for int8."""
+    return 128 if activation == "uint8" else 0
+
+
+def _activations(layout, M):
+    """(inputs, xq, xsum, row scale (row, g) -> float, extra weight arrays, column term (nt, g, lane) or None).
+
+    Float activations are quantized here per row and K-group; the model's codes come with one scale and zero
+    point ``XZ`` for the tensor, whose part of the product, ``(shift - XZ) * C`` with ``C`` the group's sum of
+    ``code - zero``, is one float term per group (see :func:`lowbit.compiler.layout.relayout_a8`).
+    """
+    L = layout.lanes
+    if layout.activation == "float32":
+        X = te.placeholder((M, layout.K), F32, name="X")
+        amax, xq, xsum = quantize_activations(_padded_activations(X, layout, M), M, layout)
+        return [X], xq, xsum, lambda row, g: amax[row, g] * tirx.const(1.0 / INT8_MAX, F32), [], None
+    X = te.placeholder((M, layout.K), layout.activation, name="X")
+    XS = te.placeholder((1,), F32, name="XS")
+    XZ = te.placeholder((1,), "int32", name="XZ")
+    C = te.placeholder((layout.n_tiles, layout.n_groups, L), "int32", name="C")
+    xq, xsum = model_codes(X, layout, M)
+    shift = code_shift(layout.activation)
+
+    def column(nt, g, lane):
+        return (shift - XZ[0]).astype(F32) * C[nt, g, lane].astype(F32)
+
+    return [X, XS, XZ], xq, xsum, lambda row, g: XS[0], [C], column
+
+
 def a8_compute(layout, M, has_bias, m_tile=1):
     """The ``a8`` template for ``M`` rows (int or Var), padded inside to a multiple of ``m_tile``."""
     L, bits, vpw = layout.lanes, layout.bits, layout.codes_per_word
-    X = te.placeholder((M, layout.K), F32, name="X")
     W = te.placeholder((layout.n_tiles, layout.n_groups, layout.words_per_group, L), "int32", name="W")
     S = te.placeholder((layout.n_tiles, layout.scale_groups, L), F32, name="S")
     Z = te.placeholder((layout.n_tiles, layout.scale_groups, L), "int32", name="Z")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     ratio = layout.scale_ratio
-    amax, xq, xsum = quantize_activations(_padded_activations(X, layout, M), M, layout)
+    inputs, xq, xsum, row_scale, extra, column = _activations(layout, M)
     w = te.reduce_axis((0, layout.words_per_group), name="w")
     j = te.reduce_axis((0, 4), name="j")
     # 8-bit codes have one slot per byte: no slot axis (a unit loop would not match the intrinsic)
@@ -78,12 +130,14 @@ def a8_compute(layout, M, has_bias, m_tile=1):
     def group_term(m, n):
         nt, lane, row = n // L, n % L, _row(m, M, m_tile)
         sg = g2 // ratio if ratio > 1 else g2
-        scale = amax[row, g2] * tirx.const(1.0 / INT8_MAX, F32) * S[nt, sg, lane]
-        return scale * (acc[m, nt, g2, lane] - Z[nt, sg, lane] * xsum[row, g2]).astype(F32)
+        dot = (acc[m, nt, g2, lane] - Z[nt, sg, lane] * xsum[row, g2]).astype(F32)
+        if column is not None:
+            dot = dot + column(nt, g2, lane)
+        return row_scale(row, g2) * S[nt, sg, lane] * dot
 
     Y1 = te.compute((Mp, layout.n_tiles * L), lambda m, n: te.sum(group_term(m, n), axis=g2), name="Y1")
     Y = _output(Y1, B, layout, M)
-    func = te.create_prim_func([X, W, S, Z] + ([B] if B is not None else []) + [Y])
+    func = te.create_prim_func(inputs + [W, S, Z] + extra + ([B] if B is not None else []) + [Y])
     return func.with_attr("lowbit.code_bits", bits)
 
 
@@ -102,3 +156,10 @@ def reference(qw, x):
     """What the ``a8`` kernel computes, in float64: int8-quantized activations times the dequantized weight."""
     x_deq, _, _ = quantize_activations_reference(x, activation_group(qw.group_size))
     return x_deq @ qw.dequantize().astype(np.float64).T
+
+
+def codes_reference(qw, codes, scale, zero):
+    """What the ``a8`` kernel computes from the model's activation codes (``codes`` (M, K) uint8 / int8, one
+    ``scale`` and ``zero`` point), in float64: the model's dequantized activation times the dequantized weight."""
+    x = (codes.astype(np.float64) - float(zero)) * float(np.float32(scale))
+    return x @ qw.dequantize().astype(np.float64).T

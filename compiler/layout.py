@@ -62,6 +62,7 @@ class KernelLayout(_RowTiles, GroupWords):
     decode: str  # "affine" (uniform, ternary): s*(q - z); "codebook": s*levels[q]; "a8": byte-sliced, int8 dot
     dim: int = 1  # weights per code (2: a 2-D codebook's code covers a pair of weights)
     scale_ratio: int = 1  # a8: K-groups per weight-scale group (activation groups finer than the weight's)
+    activation: str = "float32"  # a8: "float32" (the kernel quantizes X) or the model's codes, "uint8" / "int8"
 
     @property
     def scale_groups(self):
@@ -90,7 +91,16 @@ class KernelLayout(_RowTiles, GroupWords):
 
     def arg_names(self):
         """Names of the weight arrays, in the order the kernel takes them (after X)."""
+        if self.decode == "a8" and self.activation != "float32":
+            return ["W", "S", "Z", "C"]
         return {"affine": ["W", "S", "SZ"], "codebook": ["W", "S", "LV"], "a8": ["W", "S", "Z"]}[self.decode]
+
+    def activation_args(self, M):
+        """``(name, shape, dtype)`` of the kernel's activation inputs, first in its params: ``X`` (M, K), and
+        for an ``a8`` layout of the model's codes their per-tensor scale ``XS`` and zero point ``XZ``."""
+        if self.decode == "a8" and self.activation != "float32":
+            return [("X", (M, self.K), self.activation), ("XS", (1,), "float32"), ("XZ", (1,), "int32")]
+        return [("X", (M, self.K), "float32")]
 
 
 def layout_for(qw, lanes):
@@ -177,28 +187,42 @@ def activation_group(weight_group):
     return weight_group
 
 
-def a8_layout(N, K, bits, weight_group, lanes):
+# K per int32 group sum of int8 activations x 8-bit codes: acc and zero * xsum each stay within 2**15 * 128 * 255,
+# and so does their difference, < 2**31 (the activation zero point's column term is added in float32)
+MAX_CODES_GROUP = 1 << 15
+
+
+def a8_layout(N, K, bits, weight_group, lanes, activation="float32"):
     """The ``a8`` :class:`KernelLayout`: K-groups of the activation's scale (:func:`activation_group`),
-    ``scale_ratio`` of them per weight group; ``bits`` is the codes' storage width."""
-    group = activation_group(weight_group)
+    ``scale_ratio`` of them per weight group; ``bits`` is the codes' storage width.
+
+    With the model's own activation codes (``activation`` "uint8" / "int8": one scale per tensor) the K-groups
+    are the weight's (up to :data:`MAX_CODES_GROUP`, which keeps the int32 sums exact): nothing finer is needed.
+    """
+    if activation != "float32":
+        group = weight_group if weight_group <= MAX_CODES_GROUP else activation_group(weight_group)
+    else:
+        group = activation_group(weight_group)
     return KernelLayout(N=N, K=K, bits=bits, group_size=group, lanes=lanes, decode="a8",
-                        scale_ratio=weight_group // group)
+                        scale_ratio=weight_group // group, activation=activation)
 
 
-def relayout_a8(qw, lanes):
+def relayout_a8(qw, lanes, activation="float32"):
     """Re-lay a uniform or ternary QuantizedWeight for the int8-activation (``a8``) kernels.
 
     Codes are stored in ``storage_bits(bits)`` (1, 2, 4 or 8) so that they never straddle a byte, in
     byte-sliced order within each word. The layout's K-groups are the activation's quantization groups
     (:func:`activation_group`: at most 32 wide), ``scale_ratio`` of them per weight
     group. Arrays: ``W`` int32 (NT, Gn, wpg, lanes), ``S`` float32 scales and ``Z`` int32 zero points
-    (NT, Gn / scale_ratio, lanes): one per weight group, never repeated.
+    (NT, Gn / scale_ratio, lanes): one per weight group, never repeated. For the model's activation codes
+    (``activation`` "uint8" / "int8", see :func:`a8_layout`) also ``C`` int32 (NT, Gn, lanes): each group's
+    sum of ``code - zero`` over its real K, the column term of the activation's zero point.
     """
     from lowbit.compiler.intrinsics.x86_dot import storage_bits
 
     fmt = qw.format
     N, K = qw.codes.shape
-    layout = a8_layout(N, K, storage_bits(fmt.bits), fmt.group_size or K, lanes)
+    layout = a8_layout(N, K, storage_bits(fmt.bits), fmt.group_size or K, lanes, activation)
     G, Gp, vpw = layout.group_size, layout.padded_group, layout.codes_per_word
     grouped = qw.codes.reshape(N, layout.n_groups, G)
     if Gp != G:
@@ -207,6 +231,10 @@ def relayout_a8(qw, lanes):
     arrays = {"W": pack_words(words.reshape(N, layout.n_groups * Gp)[:, :layout.n_groups * Gp], _unpadded(layout)),
               "S": np.ascontiguousarray(_interleave_rows(qw.scales.astype(np.float32), layout)),
               "Z": np.ascontiguousarray(_interleave_rows(qw.affine_zeros().astype(np.int32), layout))}
+    if activation != "float32":
+        zeros = np.repeat(qw.affine_zeros().astype(np.int64), layout.scale_ratio, axis=1)  # per K-group
+        column = qw.codes.reshape(N, layout.n_groups, G).astype(np.int64).sum(axis=2) - G * zeros
+        arrays["C"] = np.ascontiguousarray(_interleave_rows(column.astype(np.int32), layout))
     return layout, arrays
 
 

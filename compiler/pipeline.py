@@ -39,6 +39,7 @@ class LayerPlan:
     plans: dict
     param_names: list
     bits_per_weight: float
+    activation: str = "float32"  # what the kernel takes: float32, or the model's own "uint8" / "int8" codes
 
 
 @dataclasses.dataclass

@@ -37,9 +37,10 @@ class QuantizedLinearSpec:
         ``qdq``, ``matmulnbits``, ``matmulinteger``, ``qlinearmatmul`` or ``float`` (quantized by lowbit).
     activation_quantized : bool
         Whether the model quantizes the layer's activation itself (``DynamicQuantizeLinear``, ``QLinearMatMul``,
-        or a ``DequantizeLinear`` feeding the MatMul, as static QDQ writes): ``kernel="auto"`` then keeps the
-        activation exact in float (the ``decode`` family) instead of rounding it a second time to int8 per group
-        (``a8``), which measured 1.5-3e-2 max error against onnxruntime on such models, over the 1e-2 bar.
+        or a ``DequantizeLinear`` feeding the MatMul, as static QDQ writes): ``kernel="auto"`` then runs the
+        ``a8`` kernel on the model's own codes where it can (one scale and zero point per tensor: exact), else
+        keeps the activation in float (``decode``); never the float ``a8``, which rounds the activation a second
+        time, per group, and measured 1.5-3e-2 max error against onnxruntime on such models, over the 1e-2 bar.
     """
 
     name: str

@@ -158,3 +158,52 @@ def test_activations_are_scaled_per_32_under_wider_weight_groups_without_repeati
     fine = reference(qw, x)
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
     assert np.abs(fine - exact).max() < np.abs(coarse - exact).max()
+
+
+CODES_CASES = [("w8", "uint8", 70), ("w8s", "int8", 384), ("w4g32", "uint8", 384), ("ternary", "int8", 70),
+               ("w3g128", "uint8", 384)]
+
+
+@pytest.mark.parametrize("name,activation,width", CODES_CASES, ids=[f"{c[0]}-{c[1]}-K{c[2]}" for c in CODES_CASES])
+def test_a8_on_the_models_activation_codes_matches_reference(name, activation, width):
+    """The a8 kernel on the model's own codes (onnxruntime's dynamic / static quantization): the integer product
+    is exact and the float epilogue rounds per group, bounded from the format:
+    eps * (groups + 4) * xs * (|a| @ |w|^T + |shift - xz| * sum_k |w|), with a = code - shift the int8 operand."""
+    from lowbit.compiler.kernels_a8 import code_shift, codes_reference
+    from lowbit.compiler.linear import build_prepared, prepare_layer
+    from lowbit.compiler.tvm_api import tensor
+
+    rng = np.random.default_rng(hash(name) % 1000)
+    qw = quantize(row_scaled_weight(hash(name) % 1000, N=N, K=width), name)
+    if x86_dot.max_bits(HOST_ISA) < qw.format.bits:
+        pytest.skip(f"{name} needs VNNI for a8")
+    bias = rng.standard_normal(N).astype(np.float32)
+    chosen, layout, arrays = prepare_layer(qw, bias, HOST, "auto", activation=activation)
+    assert (chosen, layout.activation, layout.scale_ratio) == ("a8", activation, 1)
+    lin = build_prepared(chosen, layout, arrays, HOST)
+    weights = [tensor(array) for array in arrays.values()]
+    low, high = (0, 256) if activation == "uint8" else (-128, 128)
+    scale, zero = np.float32(0.0173), (201 if activation == "uint8" else -5)
+    w_abs = np.abs(qw.dequantize().astype(np.float64))
+    groups = width // layout.group_size
+    for M in ROWS:
+        codes = rng.integers(low, high, (M, width)).astype(activation)
+        y = tensor(np.empty((M, N), np.float32))
+        lin.func(tensor(codes), tensor(np.array([scale], np.float32)), tensor(np.array([zero], np.int32)),
+                 *weights, y)
+        ref = codes_reference(qw, codes, scale, zero) + bias
+        shift = code_shift(activation)
+        spread = np.abs(codes.astype(np.float64) - shift) @ w_abs.T + abs(shift - zero) * w_abs.sum(axis=1)
+        bound = EPS32 * (groups + 4) * scale * spread + EPS32 * np.abs(ref)
+        err = np.abs(y.numpy() - ref)
+        assert (err <= bound).all(), f"M={M}: max err {err.max():.3e}"
+
+
+def test_model_codes_need_a8_and_say_so():
+    """The model's codes run on a8 only: asking for decode with them, or a codebook weight, is a KernelError."""
+    from lowbit.compiler.linear import prepare_layer
+
+    with pytest.raises(KernelError, match="activation codes need the a8 kernel"):
+        prepare_layer(quantize(_weight(3), "w4g128"), None, HOST, "decode", activation="uint8")
+    with pytest.raises(KernelError, match="codebook"):
+        prepare_layer(quantize(_weight(3), "nf4g64"), None, HOST, "auto", activation="uint8")

@@ -518,26 +518,77 @@ def test_default_kernel_is_within_the_bar_of_onnxruntime(rng):
     assert compiled.manifest["layers"][0]["kernel"] in ("a8", "decode")
 
 
-def test_auto_keeps_activations_the_model_quantizes_itself_in_float(rng):
-    """DynamicQuantizeLinear + MatMulInteger fixes the activation's rounding: ``auto`` compiles the layer with the
-    float-activation kernel (the int8 one would round the activation again, per group); ``a8`` stays available."""
-    codes = rng.integers(-128, 128, (K, N)).astype(np.int8)
-    inits = [numpy_helper.from_array(codes, "w_q"),
+def dynamic_quantized_model(rng, weight_dtype=np.int8, weight_zero=None):
+    """onnxruntime's dynamic quantization of one MatMul: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul."""
+    low, high = (-128, 128) if weight_dtype == np.int8 else (0, 256)
+    inits = [numpy_helper.from_array(rng.integers(low, high, (K, N)).astype(weight_dtype), "w_q"),
              numpy_helper.from_array(rng.uniform(0.001, 0.01, N).astype(np.float32), "w_scale")]
+    inputs = ["x_q", "w_q", "x_zero"]
+    if weight_zero is not None:
+        inits.append(numpy_helper.from_array(np.asarray(weight_zero, weight_dtype), "w_zero"))
+        inputs.append("w_zero")
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["x_q", "x_scale", "x_zero"], name="dql"),
-             helper.make_node("MatMulInteger", ["x_q", "w_q", "x_zero"], ["acc"], name="mmi"),
+             helper.make_node("MatMulInteger", inputs, ["acc"], name="mmi"),
              helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT, name="cast"),
              helper.make_node("Mul", ["x_scale", "w_scale"], ["s"], name="scale_mul"),
              helper.make_node("Mul", ["acc_f", "s"], ["y"], name="out_mul")]
-    model = make_model(nodes, [tensor_in("x", ["M", K])], [tensor_in("y", None)], inits)
+    return make_model(nodes, [tensor_in("x", ["M", K])], [tensor_in("y", None)], inits)
+
+
+def _model_codes_kernel_here(model):
+    from lowbit.compiler.linear import model_codes_kernel
+    from lowbit.compiler.target import resolve_target
+
+    weight = list(import_onnx(model).quantized.values())[0].weight
+    return model_codes_kernel(weight, resolve_target(None), "auto")
+
+
+@pytest.mark.parametrize("weight", ["int8", "uint8-zero"])
+def test_auto_runs_the_models_own_activation_codes_exactly(rng, weight):
+    """DynamicQuantizeLinear + MatMulInteger fixes the activation's rounding: ``auto`` runs the a8 kernel on the
+    model's own uint8 codes, scale and zero point (its exact integer product: within float rounding of
+    onnxruntime), where the host's a8 runs the weight; else the float-activation kernel (never a second rounding
+    per group). ``--kernel decode`` keeps the float activation."""
+    model = dynamic_quantized_model(rng, *((np.int8, None) if weight == "int8" else (np.uint8, 131)))
     assert list(import_onnx(model).quantized.values())[0].activation_quantized
     compiled = lowbit.compile(model)
-    assert compiled.manifest["layers"][0]["kernel"] == "decode"
-    x = rng.standard_normal((5, K)).astype(np.float32)
-    ref = run_ort(model, {"x": x})[0]
-    assert np.abs(compiled(x) - ref).max() / np.abs(ref).max() < 1e-5
+    layer = compiled.manifest["layers"][0]
+    if _model_codes_kernel_here(model):
+        assert (layer["kernel"], layer["activation"]) == ("a8", "uint8")
+    else:
+        assert (layer["kernel"], layer["activation"]) == ("decode", "float32")
+    decode = lowbit.compile(model, kernel="decode")
+    assert (decode.manifest["layers"][0]["kernel"], decode.manifest["layers"][0]["activation"]) == \
+        ("decode", "float32")
+    for M in (1, 5, 40):
+        x = rng.standard_normal((M, K)).astype(np.float32) * np.linspace(0.1, 3, K, dtype=np.float32)
+        ref = run_ort(model, {"x": x})[0]
+        for artifact in (compiled, decode):
+            assert np.abs(artifact(x) - ref).max() / np.abs(ref).max() < 1e-5
     weight_only, _ = matmul_nbits_model(rng, True, True)
     assert not list(import_onnx(weight_only).quantized.values())[0].activation_quantized
+
+
+def test_static_qdq_activation_codes_reach_the_kernel(rng):
+    """Static QDQ (QuantizeLinear -> DequantizeLinear of the activation with constant int8 scale and zero point,
+    per-channel int8 weights): the a8 kernel takes the int8 codes; matches onnxruntime within float rounding."""
+    weight = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.asarray(0.02, np.float32), "a_scale"),
+             numpy_helper.from_array(np.asarray(-3, np.int8), "a_zero"),
+             numpy_helper.from_array(weight, "w_q"),
+             numpy_helper.from_array(rng.uniform(0.001, 0.01, N).astype(np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(N, np.int8), "w_zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["x_q"], name="q"),
+             helper.make_node("DequantizeLinear", ["x_q", "a_scale", "a_zero"], ["x_dq"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=1, name="w_dq"),
+             helper.make_node("MatMul", ["x_dq", "w"], ["y"], name="mm")]
+    model = make_model(nodes, [tensor_in("x", ["M", K])], [tensor_in("y", None)], inits)
+    compiled = lowbit.compile(model)
+    layer = compiled.manifest["layers"][0]
+    assert layer["activation"] == ("int8" if _model_codes_kernel_here(model) else "float32")
+    x = rng.standard_normal((7, K)).astype(np.float32)
+    ref = run_ort(model, {"x": x})[0]
+    assert np.abs(compiled(x) - ref).max() / np.abs(ref).max() < 1e-5
 
 
 def embedding_model(rng, vocab=10, width=K):

@@ -54,6 +54,11 @@ def _shape_text(spec):
     return f"{spec['name']}: {spec['dtype']}({', '.join(str(d) for d in spec['shape'] or ['?'])})"
 
 
+def _activation_text(layer):
+    activation = layer.get("activation", "float32")
+    return "" if activation == "float32" else f", on the model's {activation} activation codes"
+
+
 def _print_summary(manifest, path):
     layers = manifest["layers"]
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB) for {manifest['target_tag']} ({manifest['cpu']})")
@@ -62,7 +67,7 @@ def _print_summary(manifest, path):
     print(f"{len(layers)} quantized layers:")
     for layer in layers:
         print(f"  {layer['name']:<32} {layer['format']:<10} N={layer['N']:<6} K={layer['K']:<6} "
-              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')}), "
+              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')}{_activation_text(layer)}), "
               f"schedule: {layer.get('schedule', 'default')}{_sqnr_text(layer)}")
     allocation = manifest.get("allocation")
     if allocation is not None:

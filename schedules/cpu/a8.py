@@ -52,7 +52,7 @@ class DecodeA8:
         isa = x86_dot.isa_for(target.features)
         if isa is None or x86_dot.LANES[isa] != target.vector_lanes:
             return None
-        self._schedule_quantize(sch)
+        self._schedule_quantize(sch, names)
         # storage bits (1, 2, 4, 8); whether the codes' values fit the ISA's int16 pair sums depends on the
         # format's bits, which the kernel choice (compiler/linear.py, a8_unsupported) checks
         bits = int(func.attrs["lowbit.code_bits"])
@@ -61,17 +61,18 @@ class DecodeA8:
         return sch
 
     @staticmethod
-    def _schedule_quantize(sch):
+    def _schedule_quantize(sch, names):
+        """AMAX (float activations only), XSUM and XQ: parallel over rows and groups; Xp inlined."""
         for name in ("AMAX", "XSUM"):
-            loops = sch.get_loops(sch.get_sblock(name))
-            sch.parallel(sch.fuse(*loops[:2]))
+            if name in names:
+                loops = sch.get_loops(sch.get_sblock(name))
+                sch.parallel(sch.fuse(*loops[:2]))
         xq = sch.get_sblock("XQ")
         m, g, kk = sch.get_loops(xq)
         sch.parallel(sch.fuse(m, g))
         sch.vectorize(kk)
-        for name in ("Xp",):
-            block = sch.get_sblock(name)
-            sch.compute_inline(block)
+        if "Xp" in names:
+            sch.compute_inline(sch.get_sblock("Xp"))
 
     @staticmethod
     def _schedule_gemm(sch, lanes, config, intrin):
