@@ -9,6 +9,8 @@ from lowbit.compiler.graph import Sequential, quantize_sequential
 from lowbit.compiler.pipeline import run_pipeline, run_relax_pipeline
 from lowbit.compiler.target import resolve_target
 from lowbit.errors import ModelError, WeightError
+from lowbit.runtime.host import AMX_FEATURES
+from lowbit.schedules.cpu.a8 import DecodeA8Amx
 
 
 @dataclasses.dataclass
@@ -94,7 +96,16 @@ def _imported_manifest(imported, compiled, target, source):
 
 def _target_manifest(target, body):
     return {"target": dict(target.target), "target_tag": target.tag, "cpu": target.cpu_name,
-            "required_features": target.required_features(), **body, "entry": "main"}
+            "required_features": _required_features(target, body.get("layers", [])), **body, "entry": "main"}
+
+
+def _required_features(target, layers):
+    """The target's required features, and AMX's where a layer's kernel uses tiles (an artifact without them
+    runs on AVX-512 machines without AMX, as before)."""
+    required = set(target.required_features())
+    if any(plan.get("rule") == DecodeA8Amx.name for layer in layers for plan in layer.get("plans", {}).values()):
+        required |= AMX_FEATURES
+    return sorted(required)
 
 
 def is_onnx_model(model):

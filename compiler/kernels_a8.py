@@ -60,19 +60,30 @@ def quantize_activations(Xp, M, layout):
     return amax, xq, xsum
 
 
-def model_codes(X, layout, M):
+def model_codes(X, layout, M, rows=None):
     """Blocks XQ (int8: the model's codes, uint8 ones shifted by -128) and XSUM (int32 sum of XQ) for X the
-    model's own activation codes (``layout.activation`` uint8 / int8); padding past K is 0 (it adds nothing)."""
+    model's own activation codes (``layout.activation`` uint8 / int8); padding past K is 0 (it adds nothing).
+
+    ``rows`` (at least M) pads XQ to that many rows, repeating the last row of X, and lays it out group-major,
+    ``(group, row, k)``: the AMX kernel reads whole 16-row x 64-k tiles of one group (the padding rows' results
+    are never stored). Returns ``(xq(m, g, k) -> value, xsum)``."""
     G, Gp, shift = layout.group_size, layout.padded_group, code_shift(layout.activation)
 
     def shifted(m, g, kk):
-        code = (X[m, g * G + (kk if Gp == G else tirx.min(kk, G - 1))].astype("int32") - shift).astype("int8")
+        row = m if rows is None else tirx.min(m, M - 1)
+        code = (X[row, g * G + (kk if Gp == G else tirx.min(kk, G - 1))].astype("int32") - shift).astype("int8")
         return code if Gp == G else tirx.if_then_else(kk < G, code, tirx.const(0, "int8"))
 
-    xq = te.compute((M, layout.n_groups, Gp), shifted, name="XQ")
+    if rows is None:
+        xq = te.compute((M, layout.n_groups, Gp), shifted, name="XQ")
+        at = lambda m, g, k: xq[m, g, k]  # noqa: E731
+    else:
+        xq = te.compute((layout.n_groups, rows, Gp), lambda g, m, kk: shifted(m, g, kk), name="XQ")
+        at = lambda m, g, k: xq[g, m, k]  # noqa: E731
     r2 = te.reduce_axis((0, Gp), name="r2")
-    xsum = te.compute((M, layout.n_groups), lambda m, g: te.sum(xq[m, g, r2].astype("int32"), axis=r2), name="XSUM")
-    return xq, xsum
+    xsum = te.compute((M if rows is None else rows, layout.n_groups),
+                      lambda m, g: te.sum(at(m, g, r2).astype("int32"), axis=r2), name="XSUM")
+    return at, xsum
 
 
 def code_shift(activation):
@@ -80,7 +91,7 @@ def code_shift(activation):
     return 128 if activation == "uint8" else 0
 
 
-def _activations(layout, M):
+def _activations(layout, M, rows=None):
     """(inputs, xq, xsum, row scale (row, g) -> float, extra weight arrays, column term (nt, g, lane) or None).
 
     Float activations are quantized here per row and K-group; the model's codes come with one scale and zero
@@ -91,12 +102,13 @@ def _activations(layout, M):
     if layout.activation == "float32":
         X = te.placeholder((M, layout.K), F32, name="X")
         amax, xq, xsum = quantize_activations(_padded_activations(X, layout, M), M, layout)
-        return [X], xq, xsum, lambda row, g: amax[row, g] * tirx.const(1.0 / INT8_MAX, F32), [], None
+        return [X], lambda m, g, k: xq[m, g, k], xsum, lambda row, g: amax[row, g] * tirx.const(1.0 / INT8_MAX, F32), \
+            [], None
     X = te.placeholder((M, layout.K), layout.activation, name="X")
     XS = te.placeholder((1,), F32, name="XS")
     XZ = te.placeholder((1,), "int32", name="XZ")
     C = te.placeholder((layout.n_tiles, layout.n_groups, L), "int32", name="C")
-    xq, xsum = model_codes(X, layout, M)
+    xq, xsum = model_codes(X, layout, M, rows)
     shift = code_shift(layout.activation)
 
     def column(nt, g, lane):
@@ -105,35 +117,47 @@ def _activations(layout, M):
     return [X, XS, XZ], xq, xsum, lambda row, g: XS[0], [C], column
 
 
-def a8_compute(layout, M, has_bias, m_tile=1):
-    """The ``a8`` template for ``M`` rows (int or Var), padded inside to a multiple of ``m_tile``."""
+def a8_compute(layout, M, has_bias, m_tile=1, padded_codes=False):
+    """The ``a8`` template for ``M`` rows (int or Var), padded inside to a multiple of ``m_tile``.
+
+    ``padded_codes`` (the model's codes only): XQ itself has the padded rows, so the dot products read whole
+    ``m_tile``-row tiles of it (the AMX kernel's A tiles) instead of clamping each row index.
+    """
+    if padded_codes and layout.activation == "float32":
+        raise ValueError("padded_codes is for layouts of the model's activation codes")
     L, bits, vpw = layout.lanes, layout.bits, layout.codes_per_word
     W = te.placeholder((layout.n_tiles, layout.n_groups, layout.words_per_group, L), "int32", name="W")
     S = te.placeholder((layout.n_tiles, layout.scale_groups, L), F32, name="S")
     Z = te.placeholder((layout.n_tiles, layout.scale_groups, L), "int32", name="Z")
     B = te.placeholder((layout.N,), F32, name="B") if has_bias else None
     ratio = layout.scale_ratio
-    inputs, xq, xsum, row_scale, extra, column = _activations(layout, M)
+    Mp = padded_rows(M, m_tile)
+    inputs, xq, xsum, row_scale, extra, column = _activations(layout, M, Mp if padded_codes else None)
+    row_of = (lambda m: m) if padded_codes else (lambda m: _row(m, M, m_tile))
     w = te.reduce_axis((0, layout.words_per_group), name="w")
     j = te.reduce_axis((0, 4), name="j")
     # 8-bit codes have one slot per byte: no slot axis (a unit loop would not match the intrinsic)
     p = te.reduce_axis((0, 8 // bits), name="p") if bits < 8 else tirx.const(0, "int32")
     axes = [w, p, j] if bits < 8 else [w, j]
-    Mp = padded_rows(M, m_tile)
-    acc = te.compute(
-        (Mp, layout.n_tiles, layout.n_groups, L),
-        lambda m, nt, g, lane: te.sum(dot_term(W[nt, g, w, lane], xq[_row(m, M, m_tile), g, w * vpw + p * 4 + j],
-                                               p, j, bits), axis=axes),
-        name="ACC")
+    def dot(m, nt, g, lane):
+        return te.sum(dot_term(W[nt, g, w, lane], xq(row_of(m), g, w * vpw + p * 4 + j), p, j, bits), axis=axes)
+
+    if padded_codes:  # the AMX tiles: rows and lanes the trailing axes
+        acc = te.compute((layout.n_tiles, layout.n_groups, Mp, L), lambda nt, g, m, lane: dot(m, nt, g, lane),
+                         name="ACC")
+        acc_at = lambda m, nt, g, lane: acc[nt, g, m, lane]  # noqa: E731
+    else:
+        acc = te.compute((Mp, layout.n_tiles, layout.n_groups, L), dot, name="ACC")
+        acc_at = lambda m, nt, g, lane: acc[m, nt, g, lane]  # noqa: E731
     g2 = te.reduce_axis((0, layout.n_groups), name="g2")
 
     def group_term(m, n):
-        nt, lane, row = n // L, n % L, _row(m, M, m_tile)
+        nt, lane, row = n // L, n % L, row_of(m)
         sg = g2 // ratio if ratio > 1 else g2
-        dot = (acc[m, nt, g2, lane] - Z[nt, sg, lane] * xsum[row, g2]).astype(F32)
+        total = (acc_at(m, nt, g2, lane) - Z[nt, sg, lane] * xsum[row, g2]).astype(F32)
         if column is not None:
-            dot = dot + column(nt, g2, lane)
-        return row_scale(row, g2) * S[nt, sg, lane] * dot
+            total = total + column(nt, g2, lane)
+        return row_scale(row, g2) * S[nt, sg, lane] * total
 
     Y1 = te.compute((Mp, layout.n_tiles * L), lambda m, n: te.sum(group_term(m, n), axis=g2), name="Y1")
     Y = _output(Y1, B, layout, M)

@@ -156,9 +156,17 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype
     return chosen, layout, arrays
 
 
-def default_plan(layout, bucket):
+AMX_MIN_ROWS = 9  # the buckets from M = 9 on run the a8 kernel on AMX tiles where it applies (16-row tiles)
+
+
+def default_plan(layout, bucket, target=None):
+    """The (rule, config) a bucket gets without a tuning record; ``target`` (a TargetInfo) adds the rules that
+    need a feature (AMX-INT8 tiles for the buckets from :data:`AMX_MIN_ROWS` rows on)."""
     if isinstance(layout, CudaLayout):
         return cuda_plan(layout, bucket)
+    if target is not None and bucket is not None and bucket.lo >= AMX_MIN_ROWS and \
+            a8.DecodeA8Amx.applies(layout, target):
+        return a8.DecodeA8Amx(), a8.AmxConfig()
     return _cpu_plan(layout, bucket)
 
 
@@ -224,9 +232,9 @@ def tuning_database(target, tuning_log=None):
     return tuning_records.open_log(tuning_log, target.tag)
 
 
-def select_plan(layout, bucket, database):
+def select_plan(layout, bucket, database, target=None):
     """``(rule, config, source)`` for a bucket: the best record beating the default, else the default."""
-    rule, config = default_plan(layout, bucket)
+    rule, config = default_plan(layout, bucket, target)
     if database is not None:
         tuned = tuned_plan(database, layout, bucket, rule, config)
         if tuned is not None:
@@ -287,7 +295,7 @@ def add_linear_functions(add_func, layout, arrays, has_bias, target, name="mpgem
         if overrides and bucket.key in overrides:
             rule, config, source = (*overrides[bucket.key], "override")
         else:
-            rule, config, source = select_plan(layout, bucket, database)
+            rule, config, source = select_plan(layout, bucket, database, target)
         func, takes_m = _bucket_func(layout, bucket, has_bias, target, rule, config)
         plans[bucket.key] = Plan(rule.name, config, source)
         if target.kind == "cuda":

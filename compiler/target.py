@@ -5,7 +5,7 @@ Schedule rules read features from a :class:`TargetInfo`; no rule probes the mach
 import dataclasses
 
 from lowbit.errors import TargetError
-from lowbit.runtime.host import host_arch, host_cpu_features, host_cpu_model
+from lowbit.runtime.host import AMX_FEATURES, host_arch, host_cpu_features, host_cpu_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,11 @@ class TargetInfo:
         """Return the ``tvm.target.Target`` for this target."""
         from lowbit.compiler.tvm_api import Target
 
-        return Target(dict(self.target))
+        target = dict(self.target)
+        if self.kind == "llvm" and AMX_FEATURES <= self.features:
+            # LLVM selects tile instructions only with these attributes (the host's mcpu name may lack them)
+            target["mattr"] = sorted(set(target.get("mattr", [])) | {"+amx-tile", "+amx-int8"})
+        return Target(target)
 
     def required_features(self):
         """Features a machine must have to run code built for this target (sorted list).

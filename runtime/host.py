@@ -42,16 +42,43 @@ def _read_cpuinfo():
         return ""
 
 
+AMX_FEATURES = frozenset({"amx-tile", "amx-int8"})
+_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 syscall; asm/prctl.h; 18: tiles
+
+
+@functools.lru_cache(maxsize=None)
+def request_amx():
+    """Ask Linux for this process's permission to use AMX tile data; True when granted.
+
+    A process must do this before its first tile instruction, or that instruction raises SIGILL even on a CPU
+    whose flags list ``amx_tile`` (Linux keeps the 8 KiB tile state off by default: Documentation/arch/x86/xstate.rst,
+    ``ARCH_REQ_XCOMP_PERM``). The permission covers every thread of the process, those started later included.
+    """
+    if host_arch() != "x86_64" or platform.system() != "Linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+
+
 @functools.lru_cache(maxsize=None)
 def host_cpu_features():
-    """Return the LLVM names of the SIMD features this CPU has, as a frozenset (empty if unknown)."""
+    """Return the LLVM names of the SIMD features this CPU has, as a frozenset (empty if unknown).
+
+    AMX counts only when the process is granted its tile state (:func:`request_amx`, which this asks for): the
+    CPU's flags alone do not make tile instructions usable.
+    """
     forced = os.environ.get("LOWBIT_HOST_FEATURES")  # for tests that pretend to be another CPU
     if forced is not None:
         return frozenset(f for f in forced.split(",") if f)
     for line in _read_cpuinfo().splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-            return frozenset(llvm for flag, llvm in _CPUINFO_TO_LLVM.items() if flag in flags)
+            features = frozenset(llvm for flag, llvm in _CPUINFO_TO_LLVM.items() if flag in flags)
+            if features & AMX_FEATURES and not request_amx():
+                features -= AMX_FEATURES
+            return features
     return frozenset()
 
 

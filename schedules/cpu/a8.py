@@ -10,7 +10,7 @@ before the parallel loop.
 import dataclasses
 
 from lowbit.compiler import kernels_a8
-from lowbit.compiler.intrinsics import x86_dot
+from lowbit.compiler.intrinsics import x86_amx, x86_dot
 from lowbit.compiler.tvm_api import Schedule, tirx
 
 
@@ -126,3 +126,59 @@ class DecodeA8:
         if config.intrinsic:
             sch.tensorize(a_lane, intrin)
         return True
+
+
+@dataclasses.dataclass(frozen=True)
+class AmxConfig:
+    """Knobs of :class:`DecodeA8Amx`: none yet (one 16-row x 16-lane accumulator tile per parallel iteration)."""
+
+
+class DecodeA8Amx:
+    """The a8 kernel on AMX-INT8 tiles (intrinsics: compiler/intrinsics/x86_amx.py), for 8-bit codes of the model's
+    own activation codes (one scale per tensor: the K-groups are the weight's, 64 or more k each).
+
+    Loop nest: column tiles of 16 weight rows in parallel -> tiles of 16 rows of X -> K-groups -> words in steps of
+    16 (64 k): one tile dot product each, the accumulator in ``tmm0`` across them -> the group's scales applied to
+    the 16 x 16 sums, vectorized over lanes. X's codes are shifted to int8 and summed once per call, 16-row padded.
+    """
+
+    name = "decode_a8_amx"
+
+    def template(self, layout, M, has_bias, config):
+        return kernels_a8.a8_compute(layout, M, has_bias, m_tile=x86_amx.ROWS, padded_codes=True)
+
+    @staticmethod
+    def applies(layout, target):
+        """Whether this rule builds ``layout`` on ``target``: AMX granted, 8-bit codes of the model's activation
+        codes, whole 64-k steps per group, 16 lanes."""
+        return (x86_amx.usable(target.features) and layout.decode == "a8" and layout.activation != "float32"
+                and layout.bits == 8 and layout.lanes == x86_amx.LANES
+                and layout.padded_group == layout.group_size and layout.words_per_group % x86_amx.WORDS == 0)
+
+    def apply(self, func, target, config):
+        sch = Schedule(func)
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if not {"ACC", "XQ", "Y1", "Y"} <= names or not x86_amx.usable(target.features) or \
+                int(func.attrs["lowbit.code_bits"]) != 8:
+            return None
+        words = int(sch.get(sch.get_sblock("ACC")).iter_vars[4].dom.extent)
+        if words % x86_amx.WORDS:
+            return None
+        DecodeA8._schedule_quantize(sch, names)
+        init, update = x86_amx.register(words)
+        y1, acc, y = sch.get_sblock("Y1"), sch.get_sblock("ACC"), sch.get_sblock("Y")
+        m, n, g = sch.get_loops(y1)
+        nt, lane = sch.split(n, [None, x86_amx.LANES])
+        mo, rows = sch.split(m, [None, x86_amx.ROWS])
+        sch.reorder(nt, mo, g, rows, lane)
+        sch.parallel(nt)
+        sch.vectorize(lane)
+        sch.compute_at(acc, g)
+        acc_rows = sch.get_loops(acc)[-4]  # (rows, lane, word, byte): one update intrinsic for the whole group
+        sch.set_scope(acc, 0, "local")
+        sch.reverse_compute_at(y, mo)
+        acc_init = sch.decompose_reduction(acc, acc_rows)
+        sch.decompose_reduction(y1, g)
+        sch.tensorize(acc_rows, update)
+        sch.tensorize(sch.get_loops(acc_init)[-2], init)
+        return sch
