@@ -183,9 +183,7 @@ def _cpu_plan(layout, bucket):
         # M=1, 14336x4096 w2g64, cold, minimum of 36 calls: 0.96 ms with one tile, 0.81 with two, 0.81 with
         # four; 1x4096x4096 ternary and w2g64 likewise): independent lookup chains and weight streams hide the
         # shuffles' latency
-        portable = layout.vector_bytes == x86_lut.PORTABLE_BYTES
-        return lut.LutLookup(), lut.LutConfig(lookup="gather" if portable else "shuffle",
-                                              tiles=lut.default_tiles(layout))
+        return lut.LutLookup(), lut.default_config(layout)
     if layout.decode == "a8":
         m_tile = 1 if bucket.hi == 1 else 4 if bucket.hi is not None and bucket.hi <= 8 else 8
         return a8.DecodeA8(), a8.A8Config(m_tile=m_tile)

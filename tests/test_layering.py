@@ -27,7 +27,6 @@ HEAVY = frozenset({"tvm", "torch", "transformers", "onnxscript", "onnxruntime", 
 ALLOWED_CYCLES = [
     ("lowbit.compiler.api", "lowbit.frontends.layer_sets", "lowbit.frontends.onnx_quantize",
      "lowbit.frontends.quantize", "lowbit.frontends.torch_export", "lowbit.frontends.torch_quantize"),
-    ("lowbit.compiler.linear", "lowbit.schedules.tuning.space"),
     ("lowbit.compiler.passes.attach_subroutine_device", "lowbit.compiler.passes.fast_float_math",
      "lowbit.compiler.passes.keep_kernels_unfused", "lowbit.compiler.passes.keep_nan",
      "lowbit.compiler.passes.keep_subroutines_private", "lowbit.compiler.passes.schedule_float_ops",
@@ -59,7 +58,7 @@ ALLOWED_UNNEEDED_DEFERRED = {
     "lowbit.frontends.torch_export": 1, "lowbit.frontends.torch_onnx": 3, "lowbit.frontends.torch_quantize": 4,
     "lowbit.gpu_cases": 8, "lowbit.peers": 5, "lowbit.peers_ggml": 2, "lowbit.runtime.artifact": 1,
     "lowbit.runtime.measure": 1, "lowbit.schedules.tuning.cost_model": 3, "lowbit.schedules.tuning.offline": 1,
-    "lowbit.schedules.tuning.records": 2, "lowbit.schedules.tuning.remote": 1, "lowbit.schedules.tuning.space": 4,
+    "lowbit.schedules.tuning.records": 2, "lowbit.schedules.tuning.remote": 1,
     "lowbit.schedules.tuning.tuner": 19,
 }
 

@@ -434,3 +434,19 @@ def test_cost_model_learns_from_results_and_ranks_every_candidate():
     top, bottom = ranked[: len(ranked) // 3], ranked[-(len(ranked) // 3):]
     mean = lambda group: np.mean([times[config] for _, config in group])  # noqa: E731
     assert mean(top) < mean(bottom)
+
+
+def test_records_of_the_float_a8_do_not_apply_to_the_models_activation_codes():
+    """A tuning record measures one kernel: the a8 kernel on the model's own activation codes (another template,
+    AMX tiles from 9 rows on) takes no record of the float-activation a8 of the same weight."""
+    from lowbit.compiler.linear import prepare_layer
+    from lowbit.schedules.tuning.space import record_fits
+
+    qw = quantize(np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32), "w8s")
+    target = host_target()
+    _, float_layout, _ = prepare_layer(qw, None, target, "a8")
+    _, codes_layout, _ = prepare_layer(qw, None, target, "a8", activation="uint8")
+    record = {"workload": {"N": 64, "K": 256, "format": "w8s", "kernel": "a8", "bucket": "m33+"}}
+    bucket = dispatch.Bucket(33, None)
+    assert record_fits(record, float_layout, bucket)
+    assert not record_fits(record, codes_layout, bucket)

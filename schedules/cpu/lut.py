@@ -22,6 +22,13 @@ CHUNK_UNROLLS = (1, 2, 4, 8)
 MIN_PARALLEL = 8  # iterations of the parallel loop a tile count must leave (cores busy, load balanced)
 
 
+def default_config(layout):
+    """The :class:`LutConfig` a layer gets without a tuning record: the host's byte shuffle where the layout's
+    vectors are one (``gather`` for the portable kernel), :func:`default_tiles` row tiles per iteration."""
+    portable = layout.vector_bytes == x86_lut.PORTABLE_BYTES
+    return LutConfig(lookup="gather" if portable else "shuffle", tiles=default_tiles(layout))
+
+
 def default_tiles(layout):
     """The default tile count: the most of :func:`tile_counts` whose int16 accumulators fill at most half the
     vector registers (32 with AVX-512, else 16). A tile keeps ``4 * plane groups * table bytes`` registers of

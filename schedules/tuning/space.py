@@ -26,6 +26,9 @@ import dataclasses
 import functools
 import warnings
 
+from lowbit.compiler.formats import kernel_format
+from lowbit.compiler.intrinsics.x86_dot import storage_bits
+from lowbit.compiler.layout import LutParams
 from lowbit.schedules.cpu import a8, decode, lut
 from lowbit.schedules.tuning.records import best_record, config_key
 
@@ -82,9 +85,7 @@ def _a8_space(layout, bucket):
 
 
 def _lut_space(layout):
-    from lowbit.compiler.linear import default_plan
-
-    rule, default = default_plan(layout, None)
+    rule, default = lut.LutLookup(), lut.default_config(layout)
     return [(rule, dataclasses.replace(default, tiles=t, chunk_unroll=u))
             for t in lut.tile_counts(layout) for u in lut.CHUNK_UNROLLS if layout.chunks % u == 0]
 
@@ -104,9 +105,6 @@ def config_from_record(record):
 @functools.lru_cache(maxsize=256)
 def layout_key(format_name, kernel, K):
     """(code storage bits, group size, decode kind) of a format under a kernel family: equal keys, same code."""
-    from lowbit.compiler.formats import kernel_format
-    from lowbit.compiler.intrinsics.x86_dot import storage_bits
-
     fmt = kernel_format(format_name)  # HIGGS: the kernels run its rotated form, a codebook (2-D for v2)
     dim = getattr(fmt, "dim", 1)
     if kernel == "a8":
@@ -130,10 +128,10 @@ def _layout_signature(layout):
     """What :func:`layout_key` says of a format, read off a built layout (None: no record applies)."""
     if layout.decode != "lut":
         if layout.decode == "a8":  # the weight's group (the layout's K-groups are the activation's)
+            if layout.activation != "float32":
+                return None  # the model's activation codes: another kernel than the one records measure
             return layout.bits, layout.group_size * layout.scale_ratio, layout.decode
         return layout.bits, layout.group_size, layout.decode, layout.dim
-    from lowbit.compiler.layout import LutParams
-
     if layout.params != LutParams():
         return None
     return layout.bits, layout.group_size, "lut", layout.kind, layout.dim
