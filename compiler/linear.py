@@ -12,12 +12,14 @@ import numpy as np
 
 from lowbit.compiler import dispatch
 from lowbit.compiler.intrinsics import x86_dot, x86_lut
+from lowbit.compiler.cuda_build import cuda_build_context
 from lowbit.compiler.cuda_layout import CudaLayout, relayout_cuda
 from lowbit.compiler.higgs import rotation_signs
 from lowbit.compiler.layout import KernelLayout, LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut, wide_codebook
 from lowbit.compiler.plans_cuda import cuda_plan
 from lowbit.compiler.target import resolve_target
-from lowbit.compiler.tvm_api import compile_module, tensor, tir_pipeline, tirx, tvm
+from lowbit.compiler.passes.sequences import tir_pipeline
+from lowbit.compiler.tvm_api import compile_module, relax, tensor, tirx, tvm
 from lowbit.errors import InputError, KernelError
 from lowbit.schedules.cpu import a8, decode, lut, rotate
 from lowbit.schedules.tuning import records as tuning_records
@@ -211,6 +213,21 @@ class Plan:
         return {"rule": self.rule, "config": dataclasses.asdict(self.config), "source": self.source}
 
 
+@dataclasses.dataclass
+class LayerPlan:
+    """One quantized layer as compiled (what the artifact manifest lists): names, sizes, its kernel and the schedules per M bucket."""
+
+    name: str
+    format: str
+    N: int
+    K: int
+    kernel: str
+    plans: dict
+    param_names: list
+    bits_per_weight: float
+    activation: str = "float32"  # what the kernel takes: float32, or the model's own "uint8" / "int8" codes
+
+
 def tuning_database(target, tuning_log=None):
     """The tuning records a build consults (a TuningDatabase), or None for ``tuning_log=False``.
 
@@ -399,10 +416,6 @@ def build_prepared(kernel, layout, arrays, target, buckets=dispatch.DEFAULT_BUCK
     The tuner builds every candidate of a workload this way (one bucket, ``overrides`` naming the candidate),
     re-laying the weights once.
     """
-    from tvm import relax
-
-    from lowbit.compiler.cuda_build import cuda_build_context
-
     bb = relax.BlockBuilder()
     _, plans = add_linear_functions(bb.add_func, layout, arrays, "B" in arrays, target, buckets=buckets,
                                     tuning_log=tuning_log, overrides=overrides)

@@ -5,7 +5,7 @@ Models from a frontend (ONNX, torch) go through :func:`run_relax_pipeline` (``du
 1. ``lower``: ``LowerQuantizedMatmul`` replaces each placeholder matmul by its layer's M-bucket kernel
    (the whole module in ``1-lower.txt``, each scheduled TensorIR kernel in ``1-lower-tir/<function>.txt``).
 2. ``float-ops`` (CPU targets): the graph's other operators (attention matmuls, softmax, LayerNorm, GELU,
-   adds, transposes) legalized, fused and given CPU schedules (``tvm_api.float_op_pipeline``; each function
+   adds, transposes) legalized, fused and given CPU schedules (``passes.sequences.float_op_pipeline``; each function
    in ``2-float-ops-tir/``). CUDA targets get dlight's GPU schedules for them inside ``build``.
 3. ``build``: ``tvm.compile`` of the Relax module (VM executable) with lowbit's Relax and TIR pipelines.
 
@@ -21,25 +21,13 @@ import os
 import numpy as np
 
 from lowbit.compiler.graph import Activation, QuantizedLinear
-from lowbit.compiler.linear import add_linear_functions, check_kernel, prepare_layer, tuning_database
+from lowbit.compiler.cuda_build import build_device_code, cuda_build_context
+from lowbit.compiler.linear import LayerPlan, add_linear_functions, check_kernel, prepare_layer, tuning_database
+from lowbit.compiler.passes.lower_quantized_matmul import LowerQuantizedMatmul
 from lowbit.compiler.passes.schedule_float_ops import is_float_op
-from lowbit.compiler.tvm_api import compile_module, float_op_pipeline, relax_pipeline, tir_pipeline, tirx, tvm
+from lowbit.compiler.passes.sequences import float_op_pipeline, relax_pipeline, tir_pipeline
+from lowbit.compiler.tvm_api import compile_module, tirx, tvm
 from lowbit.errors import WeightError
-
-
-@dataclasses.dataclass
-class LayerPlan:
-    """One quantized layer as compiled: names, sizes, its kernel and the schedules per M bucket."""
-
-    name: str
-    format: str
-    N: int
-    K: int
-    kernel: str
-    plans: dict
-    param_names: list
-    bits_per_weight: float
-    activation: str = "float32"  # what the kernel takes: float32, or the model's own "uint8" / "int8" codes
 
 
 @dataclasses.dataclass
@@ -130,7 +118,7 @@ def build_graph(model, kernels, bb, target):
 
 def schedule_float_ops(mod, target, dump_ir=None, phase="2-float-ops"):
     """Phase ``float-ops``: the graph's float operators legalized, fused and scheduled for a CPU target
-    (:func:`lowbit.compiler.tvm_api.float_op_pipeline`); CUDA modules pass through unchanged."""
+    (:func:`lowbit.compiler.passes.sequences.float_op_pipeline`); CUDA modules pass through unchanged."""
     if target.kind == "cuda":
         return mod
     mod = float_op_pipeline(target)(mod)
@@ -142,8 +130,6 @@ def schedule_float_ops(mod, target, dump_ir=None, phase="2-float-ops"):
 def _build(mod, target):
     """Phase ``build``: tvm.compile with lowbit's pipelines (CUDA: GPU schedules for the graph's other
     operators, device code compiled by nvcc)."""
-    from lowbit.compiler.cuda_build import cuda_build_context
-
     with cuda_build_context(target):
         return compile_module(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target),
                               tir_pipeline=tir_pipeline())
@@ -153,8 +139,6 @@ def _device_code(executable, target):
     """Phase ``device``: CUDA targets compile each CUDA module's source with nvcc (none for CPUs)."""
     if target.kind != "cuda":
         return []
-    from lowbit.compiler.cuda_build import build_device_code
-
     return build_device_code(executable, target.arch)
 
 
@@ -180,8 +164,6 @@ def run_relax_pipeline(imported, target, kernel="auto", dump_ir=None, progress=F
     Float constants of the model stay bound in the module; the kernels' arrays are returned as params
     (after the model's inputs in ``main``'s signature). Returns :class:`Compiled`.
     """
-    from lowbit.compiler.passes.lower_quantized_matmul import LowerQuantizedMatmul
-
     check_kernel(kernel)
     database = tuning_database(target, tuning_log)  # opened (and its warnings given) once per compile
     mod = imported.mod

@@ -15,7 +15,8 @@ import pytest
 from lowbit.compiler.passes.schedule_float_ops import FLOAT_OP_ATTR, ScheduleFloatOps
 from lowbit.compiler.pipeline import schedule_float_ops
 from lowbit.compiler.target import host_target, resolve_target
-from lowbit.compiler.tvm_api import Analyzer, compile_module, relax, relax_pipeline, tir_pipeline, tirx, tvm
+from lowbit.compiler.passes.sequences import relax_pipeline, tir_pipeline
+from lowbit.compiler.tvm_api import Analyzer, compile_module, relax, tirx, tvm
 from lowbit.schedules.cpu import float_ops
 
 EPS32 = float(np.finfo(np.float32).eps)

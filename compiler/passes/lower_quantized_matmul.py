@@ -17,8 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from lowbit.compiler.linear import activation_dtype, add_linear_functions, check_kernel, model_codes_kernel, \
-    prepare_layer
+from lowbit.compiler.linear import LayerPlan, activation_dtype, add_linear_functions, check_kernel, \
+    model_codes_kernel, prepare_layer
 from lowbit.compiler.tvm_api import relax, tirx, tvm
 from lowbit.errors import KernelError, LowbitError
 
@@ -190,8 +190,6 @@ class LowerQuantizedMatmul:
         return tqdm(items, desc="lowbit kernels", unit="layer")
 
     def _add_kernel(self, builder, index, layer, codes):
-        from lowbit.compiler.pipeline import LayerPlan
-
         kernel, activation = self.kernel, "float32"
         if codes is not None and model_codes_kernel(layer.weight, self.target, kernel):
             activation = codes  # a8 on the model's own codes: its exact integer product
