@@ -74,6 +74,14 @@ class ImportedModel:
     outputs: list
 
 
+def is_onnx_model(model):
+    """Whether ``model`` is an ONNX model: a path (str / os.PathLike) or an ``onnx.ModelProto``."""
+    if isinstance(model, (str, os.PathLike)):
+        return True
+    cls = type(model)
+    return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
+
+
 def load_onnx(model):
     """Read an ONNX model from a path (or copy a ModelProto); unreadable files are a ModelError."""
     import onnx

@@ -190,7 +190,7 @@ def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budg
     :class:`AllocationReport`), or a quantized ``onnx.ModelProto`` (with a budget, the report's JSON is in its
     ``metadata_props`` under ``lowbit.allocation``).
     """
-    from lowbit.compiler.api import is_onnx_model
+    from lowbit.frontends.onnx import is_onnx_model
 
     candidates = candidate_formats(formats, budget_bits)
     check_method(method, calibration)

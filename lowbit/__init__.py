@@ -7,7 +7,7 @@ compiling function is first used, so that ``lowbit.runtime`` runs where only the
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compile": ("lowbit.compiler.api", "compile"),
+    "compile": ("lowbit.api", "compile"),
     "quantize": ("lowbit.compiler.formats", "quantize"),
     "parse_format": ("lowbit.compiler.formats", "parse_format"),
     "quantize_model": ("lowbit.frontends.quantize", "quantize_model"),

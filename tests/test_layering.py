@@ -25,15 +25,11 @@ HEAVY = frozenset({"tvm", "torch", "transformers", "onnxscript", "onnxruntime", 
                    "tornado", "ggml", "gguf", "tokenizers"})
 
 ALLOWED_CYCLES = [
-    ("lowbit.compiler.api", "lowbit.frontends.layer_sets", "lowbit.frontends.onnx_quantize",
-     "lowbit.frontends.quantize", "lowbit.frontends.torch_export", "lowbit.frontends.torch_quantize"),
+    ("lowbit.frontends.layer_sets", "lowbit.frontends.onnx_quantize", "lowbit.frontends.quantize",
+     "lowbit.frontends.torch_quantize"),
 ]
 
 ALLOWED_FORBIDDEN_EDGES = [
-    ("lowbit.compiler.api", "lowbit.frontends.onnx", "compiler imports frontends"),
-    ("lowbit.compiler.api", "lowbit.frontends.onnx_quantize", "compiler imports frontends"),
-    ("lowbit.compiler.api", "lowbit.frontends.quantize", "compiler imports frontends"),
-    ("lowbit.compiler.api", "lowbit.frontends.torch_export", "compiler imports frontends"),
     ("lowbit.schedules.tuning.tuner", "lowbit.bench", "below the CLI imports the benchmark or peer code"),
     ("lowbit.schedules.tuning.tuner", "lowbit.peers", "below the CLI imports the benchmark or peer code"),
 ]
@@ -44,7 +40,7 @@ ALLOWED_UNNEEDED_DEFERRED = {
     "lowbit.bench": 8, "lowbit.bundle": 6, "lowbit.commands.bench": 3, "lowbit.commands.bundle_runtime": 1,
     "lowbit.commands.compile": 2, "lowbit.commands.decoder": 3, "lowbit.commands.demo": 5,
     "lowbit.commands.inspect": 2, "lowbit.commands.measure": 4, "lowbit.commands.quality": 12,
-    "lowbit.commands.quantize": 6, "lowbit.commands.run": 6, "lowbit.commands.tune": 2, "lowbit.compiler.api": 15,
+    "lowbit.commands.quantize": 6, "lowbit.commands.run": 6, "lowbit.commands.tune": 2,
     "lowbit.compiler.formats": 1, "lowbit.compiler.graph": 1, "lowbit.compiler.higgs": 1,
     "lowbit.compiler.kernels_rotate": 1, "lowbit.compiler.quality": 3,
     "lowbit.decoder": 2, "lowbit.frontends.layer_sets": 2, "lowbit.frontends.onnx": 1,

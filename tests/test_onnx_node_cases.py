@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from lowbit.compiler.api import CompiledModel, _imported_manifest
+from lowbit.api import CompiledModel, _imported_manifest
 from lowbit.compiler.pipeline import run_relax_pipeline
 from lowbit.compiler.target import resolve_target
 from lowbit.errors import ModelError

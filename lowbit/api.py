@@ -1,13 +1,25 @@
-"""``lowbit.compile``: the user-facing entry point of the compiler."""
+"""``lowbit.compile``: the user-facing entry point of the compiler.
+
+It sits above the frontends and the compiler (docs/architecture.md): it picks the frontend for the model (ONNX or
+torch), runs the compiler's pipeline on what the frontend imported, and writes the artifact's manifest.
+"""
 import dataclasses
 import json
-import os
 
 import numpy as np
 
+from lowbit.compiler.artifact import write_artifact
+from lowbit.compiler.formats import QuantizedWeight, parse_format
 from lowbit.compiler.graph import Sequential, quantize_sequential
 from lowbit.compiler.pipeline import run_pipeline, run_relax_pipeline
+from lowbit.compiler.quality import DEFAULT_CANDIDATES
 from lowbit.compiler.target import resolve_target
+from lowbit.compiler.tvm_api import tensor, tvm
+from lowbit.frontends.onnx import import_onnx, is_onnx_model, load_onnx
+from lowbit.frontends.onnx_quantize import ALLOCATION_KEY, quantize_onnx_layers
+from lowbit.frontends.quantize import candidate_formats, check_estimate, check_method, is_torch_module
+from lowbit.runtime.cuda import cuda_device, provide_device_code
+from lowbit.runtime.module import Module
 from lowbit.errors import ModelError, WeightError
 from lowbit.runtime.host import AMX_FEATURES
 from lowbit.schedules.cpu.a8 import DecodeA8Amx
@@ -30,12 +42,7 @@ class CompiledModel:
 
     def _module(self):
         if self._vm is None:
-            from lowbit.compiler.tvm_api import tensor, tvm
-            from lowbit.runtime.module import Module
-
             if self.target.kind == "cuda":
-                from lowbit.runtime.cuda import cuda_device, provide_device_code
-
                 device = cuda_device(tvm, self.manifest, "<in-memory model>")
                 provide_device_code(dict(self.compiled.device_code), "<in-memory model>")
             else:
@@ -56,8 +63,6 @@ class CompiledModel:
 
     def save(self, path):
         """Write the artifact (library, packed weights, manifest) to ``path`` atomically."""
-        from lowbit.compiler.artifact import write_artifact
-
         write_artifact(path, library=self.compiled.executable, params=list(self.compiled.params),
                        manifest=dict(self.manifest), device_code=list(self.compiled.device_code))
         return path
@@ -108,23 +113,9 @@ def _required_features(target, layers):
     return sorted(required)
 
 
-def is_onnx_model(model):
-    """Whether ``model`` is an ONNX model: a path (str / os.PathLike) or an ``onnx.ModelProto``."""
-    if isinstance(model, (str, os.PathLike)):
-        return True
-    cls = type(model)
-    return cls.__name__ == "ModelProto" and cls.__module__.startswith("onnx")
-
-
 def _import_onnx(model, format, method, calibration, budget_bits, progress=False, estimate="direct"):  # noqa: A002
     """(ImportedModel, allocation summary dict or None) of an ONNX model, quantizing it on the way when asked."""
-    from lowbit.frontends.onnx import import_onnx, load_onnx
-    from lowbit.frontends.onnx_quantize import ALLOCATION_KEY, quantize_onnx_layers
-    from lowbit.frontends.quantize import candidate_formats
-
     if budget_bits is not None:
-        from lowbit.compiler.quality import DEFAULT_CANDIDATES
-
         candidates = DEFAULT_CANDIDATES if format is None else format
         proto, _, weights, report = quantize_onnx_layers(model, candidates, method, calibration, budget_bits,
                                                          progress, estimate)
@@ -146,8 +137,6 @@ def _import_onnx(model, format, method, calibration, budget_bits, progress=False
 def _narrowed(imported, allocation):
     """Give each layer the bit width its allocation chose where ONNX stored it wider (2- and 3-bit codes travel
     as uint4 in QDQ / MatMulNBits), when the narrower format holds exactly the same weight."""
-    from lowbit.compiler.formats import QuantizedWeight, parse_format
-
     if allocation is None:
         return imported
     chosen = {layer["name"]: layer["format"] for layer in allocation["layers"]}
@@ -250,8 +239,6 @@ def compile(model, example_inputs=None, target="cpu", format=None, kernel="auto"
         With ``budget_bits`` and ``calibration``: how each (layer, format)'s end-to-end error is found (see
         :func:`lowbit.quantize_model`).
     """
-    from lowbit.frontends.quantize import check_estimate, check_method, is_torch_module
-
     if is_torch_module(model):
         if format is not None or method != "rtn" or calibration is not None or budget_bits is not None or \
                 estimate != "direct":
