@@ -30,6 +30,17 @@ ROTATION_SIGNS = "R"  # the arrays entry of a HIGGS layer: its rotation's signs 
 IMPLEMENTED = KERNELS
 
 
+def check_shapes(shapes):
+    """Validate (M, N, K) triples of positive integers; return them as tuples."""
+    checked = []
+    for shape in shapes:
+        if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+            raise InputError(f"benchmark shape {shape!r} is not three positive integers (M, N, K): "
+                             "use e.g. (1, 4096, 4096)")
+        checked.append(tuple(int(d) for d in shape))
+    return checked
+
+
 def check_kernel(kernel):
     """Raise KernelError unless ``kernel`` names a kernel family lowbit can build."""
     if kernel not in KERNELS:

@@ -19,7 +19,13 @@ import time
 import numpy as np
 
 from lowbit import peers
+from lowbit.compiler.formats import parse_format, quantize
+from lowbit.compiler.linear import build_linear, check_kernel, check_shapes
+from lowbit.compiler.references import kernel_activations, kernel_reference
+from lowbit.compiler.target import host_target
+from lowbit.compiler.tvm_api import tensor
 from lowbit.errors import InputError, KernelError
+from lowbit.runtime.atomic import write_atomically
 from lowbit.runtime.timing import (COPIES_MEMORY_CAP, FALLBACK_LLC, WARMUP, copies_for,  # noqa: F401 (re-exported)
                                    llc_bytes, median_ms)
 
@@ -51,7 +57,6 @@ def dram_gbps(threads, size=DRAM_BUFFER, trials=5):
 
 def lowbit_runner(linear, x, copies):
     """Zero-argument callable running ``linear.func`` on the next of ``copies`` copies of its weights."""
-    from lowbit.compiler.tvm_api import tensor
 
     x_t = tensor(np.ascontiguousarray(x, dtype=np.float32))
     y_t = tensor(np.empty((x.shape[0], linear.layout.N), np.float32))
@@ -59,17 +64,6 @@ def lowbit_runner(linear, x, copies):
     weight_sets = [[tensor(a) for a in linear.weight_arrays()] for _ in range(copies)]
     calls = [lambda weights=weights: (linear.func(x_t, *weights, y_t), y_t)[1] for weights in weight_sets]
     return peers.rotate(calls)
-
-
-def check_shapes(shapes):
-    """Validate (M, N, K) triples of positive integers; return them as tuples."""
-    checked = []
-    for shape in shapes:
-        if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
-            raise InputError(f"benchmark shape {shape!r} is not three positive integers (M, N, K): "
-                             "use e.g. (1, 4096, 4096)")
-        checked.append(tuple(int(d) for d in shape))
-    return checked
 
 
 def _seeded_weight(N, K):
@@ -112,7 +106,6 @@ class _Measurements:
 
         The dequantized weight (4 bytes per weight) is kept for the latest format only.
         """
-        from lowbit.compiler.formats import quantize
 
         weight = self.float_weight(N, K)
         if fmt.name not in self._weights:
@@ -181,7 +174,6 @@ class _Measurements:
 
     def build(self, qw, kernel):
         """lowbit's compiled layer for ``qw`` (KernelError where ``kernel`` declines it)."""
-        from lowbit.compiler.linear import build_linear
 
         return build_linear(qw, target=self.target, kernel=kernel)
 
@@ -191,32 +183,6 @@ class _Measurements:
         run = lowbit_runner(linear, x, self.copies(f"lowbit {linear.kernel}", weight_bytes))
         check(f"lowbit {linear.kernel}", run().numpy(), linear.kernel)
         return weight_bytes, median_ms(run, self.repeat)
-
-
-def kernel_activations(kernel, x, qw):
-    """The activations a kernel family multiplies: ``x`` itself (fp32 kernels), or for ``a8`` its int8
-    rounding per row and K-group (the compiler's NumPy twin of that kernel's activation quantization)."""
-    if kernel != "a8":
-        return x
-    from lowbit.compiler.kernels_a8 import activation_group, quantize_activations_reference
-
-    return quantize_activations_reference(x, activation_group(qw.group_size))[0]
-
-
-def kernel_reference(kernel, x_used, qw, dequantized):
-    """What a kernel family computes, float64: ``x' @ dequant(W)^T``, or for ``lut`` the NumPy twin of its
-    int8 tables (:func:`lowbit.compiler.kernels_lut.reference`, default table group and precision)."""
-    if kernel == "lut":
-        from lowbit.compiler.kernels_lut import reference
-        from lowbit.compiler.layout import LutParams
-
-        if qw.format.kind == "higgs":  # the kernel looks up rotated activations in its rotated codebook's tables
-            from lowbit.compiler import kernels_rotate
-
-            return reference(qw.rotated_codebook(), kernels_rotate.reference(x_used, qw.format.group_size),
-                             LutParams())
-        return reference(qw, x_used, LutParams())
-    return x_used.astype(np.float64) @ dequantized.T.astype(np.float64)
 
 
 def _checker(x, qw, dequantized, where):
@@ -288,7 +254,6 @@ def make_header(target, repeat, llc, dram):
 
 def write_json(path, result):
     """Write ``result`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    from lowbit.runtime.atomic import write_atomically
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, (json.dumps(result, indent=1) + "\n").encode("utf-8"))
@@ -313,9 +278,6 @@ def run_bench(shapes=DEFAULT_SHAPES, formats=DEFAULT_FORMATS, kernels=DEFAULT_KE
     """
     from tqdm import tqdm
 
-    from lowbit.compiler.formats import parse_format
-    from lowbit.compiler.linear import check_kernel
-    from lowbit.compiler.target import host_target
 
     shapes, formats = check_shapes(shapes), [parse_format(name) for name in formats]
     for kernel in kernels:

@@ -15,11 +15,13 @@ same way, defaulting to ``2**(bits-1)`` (lowbit's symmetric zero point) when abs
 2-bit blocks of at most 256 (checked by building a one-node session, not assumed).
 """
 import functools
-import math
 import os
 
 import numpy as np
 
+from lowbit.compiler.formats import pack_bits
+from lowbit.compiler.references import error_bound
+from lowbit.runtime.threads import thread_count as kernel_threads
 from lowbit.runtime.timing import check_close, rotate
 
 ORT_DOMAIN = "com.microsoft"
@@ -28,7 +30,6 @@ ORT_MIN_BLOCK = 16
 
 def thread_count():
     """Threads lowbit's kernels use (TVM's pool: ``TVM_NUM_THREADS``, else every core this process may run on)."""
-    from lowbit.runtime.threads import thread_count as kernel_threads
 
     return kernel_threads()
 
@@ -115,7 +116,6 @@ def ort_version():
 
 def _pack_blocks(codes, bits, block_size):
     """(N, K) codes -> uint8 (N, k_blocks, block_size * bits / 8), LSB-first within each block."""
-    from lowbit.compiler.formats import pack_bits
 
     N, K = codes.shape
     blocks = -(-K // block_size)
@@ -134,7 +134,6 @@ def matmulnbits_inputs(qw):
         ``zero_points`` is ``None`` for symmetric formats (onnxruntime's default is ``2**(bits-1)``,
         lowbit's symmetric zero point).
     """
-    from lowbit.compiler.formats import pack_bits
 
     fmt = qw.format
     N, K = qw.codes.shape
@@ -249,49 +248,6 @@ PEERS = {
 
 
 # ---- checking results ----------------------------------------------------------------------------------
-
-def error_bound(x, qw):
-    """Elementwise bound on ``|y - x @ qw.dequantize().T|`` for any fp32 evaluation order, (M, N) float64.
-
-    Higham's bound for a K-term fp32 dot product is ``K * u * sum|x_k * w_k|`` (``u = 2**-24``); decoding a
-    weight as ``s*q - s*z`` (or ``s * level``) in fp32 adds a few ``u`` times ``|s| * (q + z)`` per term.
-    A wrong kernel (a misread group, a wrong zero point) errs by whole terms, far above this bound.
-    """
-    if qw.format.kind == "higgs":
-        return _rotated_error_bound(x, qw)
-    K = qw.shape[1]
-    group = qw.group_size
-    scale = np.repeat(np.abs(qw.scales), group, axis=1)
-    if qw.format.kind == "codebook":
-        magnitude = scale * np.abs(qw.format.points.astype(np.float32))[qw.codes].reshape(qw.shape)
-    else:
-        magnitude = scale * (qw.codes + np.repeat(qw.affine_zeros(), group, axis=1))
-    u = 2.0 ** -24
-    # The bound's own fp32 rounding (relative 1e-6 of itself) does not matter: it has no cancellation.
-    total = np.abs(np.asarray(x, np.float32)) @ magnitude.astype(np.float32).T
-    return (K + 4) * u * total.astype(np.float64)
-
-
-def _rotated_error_bound(x, qw):
-    """:func:`error_bound` for HIGGS weights, which the kernel multiplies as ``T(x) . w_rot`` (T per group).
-
-    Three parts: the rotated dot product itself (Higham, as above); the fp32 rotation, whose ``log2(G)``
-    butterfly stages each err by at most ``u`` times the group's ``||x_g||_1 / sqrt(G)``; and the float32
-    rounding of the reference's dequantized weight (``u`` per term).
-    """
-    from lowbit.compiler.higgs import dequantize_rotated, hadamard_rotate
-
-    fmt, (N, K) = qw.format, qw.shape
-    G, u = fmt.group_size, 2.0 ** -24
-    levels = math.log2(G)
-    x = np.asarray(x, np.float64)
-    w_rot = np.abs(dequantize_rotated(qw.codes, qw.scales, fmt))
-    dot = np.abs(hadamard_rotate(x, G)) @ w_rot.T
-    x_groups = np.abs(x).reshape(len(x), K // G, G).sum(axis=2) / math.sqrt(G)
-    rotation = x_groups @ w_rot.reshape(N, K // G, G).sum(axis=2).T
-    reference = np.abs(x) @ np.abs(qw.dequantize().astype(np.float64)).T
-    return (K + 4) * u * dot + (levels + 1) * u * rotation + u * reference
-
 
 def check_result(name, y, x, qw, reference=None):
     """Raise AssertionError naming ``name`` when ``y`` is off ``x @ dequant(W)^T`` by more than :func:`error_bound`."""

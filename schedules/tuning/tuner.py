@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from lowbit.compiler.references import error_bound, kernel_activations, kernel_reference
 from lowbit.errors import InputError, KernelError
 from lowbit.runtime import timing
 from lowbit.schedules.tuning import records as tuning_records
@@ -82,7 +83,6 @@ class CandidateBuilder:
     """
 
     def __init__(self, qw, M, kernel, target):
-        from lowbit import bench, peers
         from lowbit.compiler.linear import prepare_layer
 
         self.qw, self.M, self.target = qw, M, target
@@ -91,9 +91,9 @@ class CandidateBuilder:
         K = qw.shape[1]
         x = np.random.default_rng([M, K, 1]).standard_normal((M, K))
         self.x = x.astype(np.float32)
-        x_used = bench.kernel_activations(self.kernel, self.x, qw)
-        self.reference = bench.kernel_reference(self.kernel, x_used, qw, qw.dequantize())
-        self.bound = peers.error_bound(x_used, qw)  # what fp32 arithmetic can explain (a wrong kernel errs more)
+        x_used = kernel_activations(self.kernel, self.x, qw)
+        self.reference = kernel_reference(self.kernel, x_used, qw, qw.dequantize())
+        self.bound = error_bound(x_used, qw)  # what fp32 arithmetic can explain (a wrong kernel errs more)
 
     def build(self, rule, config):
         """The candidate compiled as the bucket's only function (a CompiledLinear)."""
@@ -242,7 +242,7 @@ def _check_counts(trials, repeat, batch):
 
 
 def _checked_shapes(shapes):
-    from lowbit.bench import check_shapes
+    from lowbit.compiler.linear import check_shapes
 
     shapes = check_shapes(shapes)
     if not shapes:
