@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lowbit decoder
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
 
 BENCH_STAMP := $(VENV)/.installed-bench

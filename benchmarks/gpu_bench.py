@@ -15,7 +15,6 @@ import json
 import os
 import sys
 
-import numpy as np
 
 
 def _events_time(torch, fn, iters):
@@ -134,8 +133,9 @@ def main(argv=None):
                    "speedup": theirs / ours, "weight_GBps": achieved / 1e9,
                    "fraction_of_copy_bw": achieved / bandwidth}
             results.append(row)
-            print(f"{fmt:>8} M={M:<3} N={N:<6} K={K:<5} lowbit {ours * 1e6:8.1f} us  torch fp16 {theirs * 1e6:8.1f} us  "
-                  f"x{theirs / ours:5.2f}  weights {achieved / 1e9:6.0f} GB/s ({100 * achieved / bandwidth:4.0f}% of copy)")
+            print(f"{fmt:>8} M={M:<3} N={N:<6} K={K:<5} lowbit {ours * 1e6:8.1f} us  "
+                  f"torch fp16 {theirs * 1e6:8.1f} us  x{theirs / ours:5.2f}  "
+                  f"weights {achieved / 1e9:6.0f} GB/s ({100 * achieved / bandwidth:4.0f}% of copy)")
     if args.json:
         from lowbit.runtime.atomic import write_atomically
 

@@ -23,7 +23,6 @@ job on the 2-core machine).
 import argparse
 import datetime
 import hashlib
-import json
 import os
 import subprocess
 import sys

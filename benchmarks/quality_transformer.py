@@ -120,7 +120,8 @@ def _gpt2_init(model, blocks):
 
 
 def windows(stream, count, context, rng):
-    """``count`` random windows of ``context + 1`` bytes (int64 torch tensor): inputs ``[:, :-1]``, targets ``[:, 1:]``."""
+    """``count`` random windows of ``context + 1`` bytes (int64 torch tensor): inputs ``[:, :-1]``, targets
+    ``[:, 1:]``."""
     torch = _require_torch()
     starts = rng.integers(0, len(stream) - context - 1, count)
     return torch.from_numpy(stream[starts[:, None] + np.arange(context + 1)].astype(np.int64))

@@ -71,7 +71,8 @@ def main(argv=None):
         (default_med, default_min), (tuned_med, tuned_min), plan = compare(shape, args.format, args.log, args.repeat,
                                                                            args.rounds)
         config = " ".join(f"{k}={v}" for k, v in vars(plan.config).items() if k != "intrinsic")
-        print(f"{text:<15} {args.format:<8} {default_med:>12.3f} ms {tuned_med:>7.3f} {default_med / tuned_med:>5.2f}x  "
+        print(f"{text:<15} {args.format:<8} {default_med:>12.3f} ms {tuned_med:>7.3f} "
+              f"{default_med / tuned_med:>5.2f}x  "
               f"{default_min:>13.3f} ms {tuned_min:>7.3f} {default_min / tuned_min:>5.2f}x  "
               f"{plan.source}: {plan.rule} {config}")
 

@@ -48,7 +48,8 @@ def as_subroutine(func, m_var):
     body = tirx.SeqStmt(decls + [func.body, tirx.Return(tirx.IntImm("int32", 0))])
     attrs = {k: v for k, v in func.attrs.items() if k != "global_symbol"} if func.attrs else {}
     attrs[SUBROUTINE_ATTR] = True  # AttachSubroutineDevice gives it a device for its workspaces
-    return tirx.PrimFunc(params, body, ret_type=tvm.ir.PrimType("int32"), attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
+    return tirx.PrimFunc(params, body, ret_type=tvm.ir.PrimType("int32"),
+                         attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
 
 
 def dispatcher(name, buffers, m_var, calls, prologue=None):

@@ -18,8 +18,8 @@ dataclass whose ``name`` is canonical and parses back with :func:`parse_format`:
 =================  ===========================================================================
 
 Dequantization: uniform ``w = s * (q - z)``; ternary ``w = s * (q - 1)`` with ``q`` in {0, 1, 2};
-codebook ``w = s * levels[q]`` (2-D: ``(w_2i, w_2i+1) = s * points[q_i]``); HIGGS ``w = T^-1(s * grid[q])`` per group (see :mod:`.higgs`). Scales are
-per (row, group).
+codebook ``w = s * levels[q]`` (2-D: ``(w_2i, w_2i+1) = s * points[q_i]``); HIGGS ``w = T^-1(s * grid[q])`` per
+group (see :mod:`.higgs`). Scales are per (row, group).
 """
 import dataclasses
 import re

@@ -15,11 +15,12 @@ from lowbit.compiler.intrinsics import x86_dot, x86_lut
 from lowbit.compiler.cuda_build import cuda_build_context
 from lowbit.compiler.cuda_layout import CudaLayout, relayout_cuda
 from lowbit.compiler.higgs import rotation_signs
-from lowbit.compiler.layout import KernelLayout, LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut, wide_codebook
+from lowbit.compiler.layout import (KernelLayout, LutParams, lut_unsupported, relayout, relayout_a8, relayout_lut,
+                                   wide_codebook)
 from lowbit.compiler.plans_cuda import cuda_plan
 from lowbit.compiler.target import resolve_target
 from lowbit.compiler.passes.sequences import tir_pipeline
-from lowbit.compiler.tvm_api import compile_module, relax, tensor, tirx, tvm
+from lowbit.compiler.tvm_api import compile_module, relax, tensor, tirx
 from lowbit.errors import InputError, KernelError
 from lowbit.schedules.cpu import a8, decode, lut, rotate
 from lowbit.schedules.tuning import records as tuning_records
@@ -226,7 +227,8 @@ class Plan:
 
 @dataclasses.dataclass
 class LayerPlan:
-    """One quantized layer as compiled (what the artifact manifest lists): names, sizes, its kernel and the schedules per M bucket."""
+    """One quantized layer as compiled (what the artifact manifest lists): names, sizes, its kernel and the
+    schedules per M bucket."""
 
     name: str
     format: str

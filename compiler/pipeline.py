@@ -18,7 +18,6 @@ A :class:`Sequential` goes through :func:`run_pipeline`:
 import dataclasses
 import os
 
-import numpy as np
 
 from lowbit.compiler.graph import Activation, QuantizedLinear
 from lowbit.compiler.cuda_build import build_device_code, cuda_build_context
@@ -26,7 +25,7 @@ from lowbit.compiler.linear import LayerPlan, add_linear_functions, check_kernel
 from lowbit.compiler.passes.lower_quantized_matmul import LowerQuantizedMatmul
 from lowbit.compiler.passes.schedule_float_ops import is_float_op
 from lowbit.compiler.passes.sequences import float_op_pipeline, relax_pipeline, tir_pipeline
-from lowbit.compiler.tvm_api import compile_module, tirx, tvm
+from lowbit.compiler.tvm_api import compile_module, tirx
 from lowbit.errors import WeightError
 
 
@@ -73,7 +72,8 @@ def build_kernels(model, target, kernel, bb, tuning_log=None):
         layer_name = layer.name or f"linear{index}"
         chosen, layout, arrays = prepare_layer(layer.weight, layer.bias, target, kernel)
         gvar, plans = add_linear_functions(bb.add_func, layout, arrays, layer.bias is not None, target,
-                                           name=f"layer{index}_mpgemm", tuning_log=False if database is None else database)
+                                           name=f"layer{index}_mpgemm",
+                                           tuning_log=False if database is None else database)
         N, K = layer.shape
         plan = LayerPlan(layer_name, layer.weight.format.name, N, K, chosen,
                          {key: plan.as_manifest() for key, plan in plans.items()},

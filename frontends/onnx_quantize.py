@@ -15,7 +15,13 @@ import os
 
 import numpy as np
 
+from lowbit.compiler.gptq import hessian
 from lowbit.errors import ModelError
+from lowbit.frontends.layer_sets import LayerSet, flat_outputs
+from lowbit.frontends.onnx import load_onnx
+from lowbit.frontends.onnx_export import write_quantized
+from lowbit.frontends.onnx_graph import OnnxGraph, attribute, check_references, name_nodes
+from lowbit.frontends.quantize import candidate_formats, layer_formats, quantize_weight
 
 
 @dataclasses.dataclass
@@ -31,8 +37,6 @@ class FloatLayer:
 
 def float_layers(graph):
     """Every MatMul / Gemm of ``graph`` (an OnnxGraph) whose weight is a constant 2-D float tensor."""
-    from lowbit.frontends.onnx_graph import attribute
-
     layers = []
     for node in graph.nodes:
         if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
@@ -74,8 +78,6 @@ def layer_hessians(proto, layers, calibration):
     """``X^T X`` (float64, (K, K)) of each layer's input rows over the calibration batches, by node name."""
     import onnxruntime as ort
 
-    from lowbit.compiler.gptq import hessian
-
     probe = _with_outputs(proto, layers)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -110,6 +112,60 @@ def _with_outputs(proto, layers):
     return probe
 
 
+def onnx_layer_set(proto, layers, calibration=None):
+    """:class:`LayerSet` of a float ONNX model's ``layers`` (``onnx_quantize.float_layers``); with calibration
+    (feeds as ``onnx_quantize.calibration_feeds`` reads them) also Hessians and ``run``."""
+    names = [layer.node.name for layer in layers]
+    weights = [layer.weight for layer in layers]
+    if calibration is None:
+        return LayerSet(names, weights)
+    hessians = layer_hessians(proto, layers, calibration)
+    return LayerSet(names, weights, [hessians[name] for name in names], _onnx_runner(proto, layers, calibration))
+
+
+def _onnx_runner(proto, layers, calibration):
+    """``run(weights)``: onnxruntime (optimizations off) on the first calibration batch, the layers' weight
+    initializers turned into inputs fed with the given weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    stored = {init.name: init for init in model.graph.initializer}
+    fed = {}
+    for layer in layers:
+        name = layer.node.input[1]
+        if name in fed:
+            raise ModelError(f"weight {name!r} is shared by several MatMul / Gemm nodes; per-layer formats need one "
+                             "weight per layer: give each node its own initializer")
+        init = stored.get(name)
+        if init is None:
+            raise ModelError(f"weight {name!r} of node {layer.node.name!r} is not an initializer (a Constant node?); "
+                             "store it as an initializer to measure the model with substituted weights")
+        dtype = numpy_helper.to_array(init).dtype
+        fed[name] = (layer.k_axis, dtype)
+        model.graph.input.append(onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    kept = [init for init in model.graph.initializer if init.name not in fed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    data_inputs = [value.name for value in session.get_inputs() if value.name not in fed]
+    feed = calibration_feeds(calibration, data_inputs)[0]
+    order = [layer.node.input[1] for layer in layers]
+
+    def run(weights):
+        feeds = dict(feed)
+        for name, w in zip(order, weights):
+            k_axis, dtype = fed[name]
+            feeds[name] = np.ascontiguousarray((w.T if k_axis == 0 else w).astype(dtype))
+        return flat_outputs(session.run(None, feeds))
+
+    return run
+
+
 def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False,
                          estimate="direct"):
     """Quantize the float layers of ``model``: returns (named ModelProto, layers, {node name: QuantizedWeight},
@@ -119,10 +175,6 @@ def quantize_onnx_layers(model, formats, method="rtn", calibration=None, budget_
     from (``frontends.quantize.allocate_formats``; calibration, when given, gives output errors and measured
     sensitivities, and GPTQ's Hessians are the same ones).
     """
-    from lowbit.frontends.layer_sets import onnx_layer_set
-    from lowbit.frontends.onnx import load_onnx
-    from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
-    from lowbit.frontends.quantize import candidate_formats, layer_formats, quantize_weight
 
     candidates = candidate_formats(formats, budget_bits)
     proto = load_onnx(model)
@@ -154,8 +206,6 @@ def quantize_onnx(model, formats, method="rtn", calibration=None, style="qdq", b
     blocked ``DequantizeLinear`` of the integers, ``matmulnbits`` = ``com.microsoft.MatMulNBits``). With
     ``budget_bits`` the per-layer choice's report is kept as JSON in ``metadata_props[ALLOCATION_KEY]``."""
     import json
-
-    from lowbit.frontends.onnx_export import write_quantized
 
     proto, layers, weights, report = quantize_onnx_layers(model, formats, method, calibration, budget_bits,
                                                           progress, estimate)

@@ -1,16 +1,7 @@
-"""``lowbit.quantize_model``: quantize the linear layers of a torch module or a float ONNX model.
-
-``quantize_model(model, formats="w4g128", method="rtn" | "gptq", calibration=None, budget_bits=None,
-progress=False, estimate="direct" | "probed")``.
-
-- torch ``nn.Module``: every ``nn.Linear`` becomes a :class:`lowbit.frontends.torch_quantize.QuantizedLinear`
-  holding the exact codes, scales and zero points (``frontends/torch_quantize.py``); the model is changed in
-  place and returned.
-- ONNX model (path or ``onnx.ModelProto``): every float ``MatMul`` / ``Gemm`` with a constant 2-D weight gets a
-  blocked ``DequantizeLinear`` of the integers (``frontends/onnx_quantize.py``); returns a new ModelProto.
-
-``method="gptq"`` needs ``calibration``: torch, an iterable of batches (a tensor, a tuple of positional
-inputs, or a dict of keyword inputs); ONNX, a dict ``{input name: array}`` (one batch) or a list of such dicts.
+"""The format-independent steps of quantizing a model's linear layers, shared by the ONNX and torch sides of
+``lowbit.quantize_model`` (``frontends/quantize_model.py``): candidate formats and methods checked, one weight
+quantized (RTN or GPTQ), per-layer formats chosen under a size budget (:func:`allocate_formats`, reported as an
+:class:`AllocationReport`).
 
 Per-layer formats under a size budget (``formats=[...]`` candidates with ``budget_bits=``): each layer's error
 in each candidate is measured (relative L2 of the weight; with calibration, of the layer's output on its
@@ -18,13 +9,15 @@ calibration inputs), each layer's sensitivity estimated (data-free: 1 for every 
 with equal weights; with calibration: measured, the model's output error per unit of noise added to that
 layer), and dynamic programming picks the formats minimising the weighted error sum with average bits per
 weight (scales, zero points and codebooks included) within the budget (:mod:`lowbit.compiler.quality`).
-The choice is reported as an :class:`AllocationReport`.
 """
 import dataclasses
 import math
 import sys
 
+from lowbit.compiler import quality
 from lowbit.compiler.formats import parse_format, quantize
+from lowbit.compiler.gptq import gptq_quantize
+from lowbit.compiler.quality import ESTIMATES
 from lowbit.errors import FormatError, ModelError
 
 METHODS = ("rtn", "gptq")
@@ -63,8 +56,6 @@ def check_method(method, calibration):
 def check_estimate(estimate, budget_bits, calibration):
     """Raise unless ``estimate`` is one of :data:`lowbit.compiler.quality.ESTIMATES` and, when not the default,
     has what it estimates with (a budget and calibration data)."""
-    from lowbit.compiler.quality import ESTIMATES
-
     if estimate not in ESTIMATES:
         raise ModelError(f"unknown error estimate {estimate!r}: choose 'direct' (a model run per layer and "
                          "candidate) or 'probed' (noise-probed sensitivities, 4 runs per layer)")
@@ -77,8 +68,6 @@ def quantize_weight(weight, fmt, method, H=None):
     """Quantize one (N, K) float weight: ``rtn`` (round to nearest) or ``gptq`` with Hessian ``H`` = X^T X."""
     if method == "rtn":
         return quantize(weight, fmt)
-    from lowbit.compiler.gptq import gptq_quantize
-
     return gptq_quantize(weight, H, fmt)
 
 
@@ -114,8 +103,6 @@ def allocate_formats(layer_set, candidates, budget_bits, method="rtn", progress=
     returns an :class:`AllocationReport`. GPTQ (``method="gptq"``) is used for the candidates' errors too.
     ``progress``: a progress bar over the (layer, format) measurements; ``estimate``: see
     :func:`lowbit.compiler.quality.choose_formats`."""
-    from lowbit.compiler import quality
-
     quantizer = None
     if method == "gptq":
         def quantizer(index, w, fmt):
@@ -158,52 +145,3 @@ def is_torch_module(model):
     """Whether ``model`` is a ``torch.nn.Module`` (without importing torch when nothing else did)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
-
-
-def quantize_model(model, formats="w4g128", method="rtn", calibration=None, budget_bits=None, progress=False,
-                   estimate="direct"):
-    """Quantize the linear layers of ``model`` to ``formats`` (see the module docstring).
-
-    Parameters
-    ----------
-    model : torch.nn.Module, str, os.PathLike or onnx.ModelProto
-    formats : str, format object or list of them
-        ``w4g128``, ``w4g64s``, ``nf4g64``, ``higgs3g64``, ...; several candidates need ``budget_bits``.
-    method : {"rtn", "gptq"}
-    calibration : optional
-        Calibration batches (required for ``gptq``; with ``budget_bits`` they also give output errors and
-        measured sensitivities).
-    budget_bits : float, optional
-        Average bits per weight (scales included) for a per-layer choice among ``formats``.
-    progress : bool
-        With a budget, a progress bar (stderr) over the (layer, format) measurements: with calibration each is
-        one run of the model, minutes for a transformer.
-    estimate : {"direct", "probed"}
-        With a budget and calibration, how each (layer, format)'s end-to-end error is found: ``direct`` runs the
-        model with that layer alone in that format (one run per layer and candidate); ``probed`` multiplies the
-        layer's own output error by its noise-probed sensitivity (4 runs per layer: for models too big for
-        ``direct``; 0.06-0.8 dB worse on the trained transformer).
-
-    Returns
-    -------
-    The torch module (changed in place; with a budget its ``lowbit_allocation`` is the
-    :class:`AllocationReport`), or a quantized ``onnx.ModelProto`` (with a budget, the report's JSON is in its
-    ``metadata_props`` under ``lowbit.allocation``).
-    """
-    from lowbit.frontends.onnx import is_onnx_model
-
-    candidates = candidate_formats(formats, budget_bits)
-    check_method(method, calibration)
-    check_estimate(estimate, budget_bits, calibration)
-    if is_onnx_model(model):
-        from lowbit.frontends.onnx_quantize import quantize_onnx
-
-        return quantize_onnx(model, candidates, method, calibration, budget_bits=budget_bits, progress=progress,
-                             estimate=estimate)
-    if is_torch_module(model):
-        from lowbit.frontends.torch_quantize import quantize_torch
-
-        return quantize_torch(model, candidates, method, calibration, budget_bits=budget_bits, progress=progress,
-                              estimate=estimate)
-    raise ModelError(f"quantize_model takes a torch.nn.Module or an ONNX model (path or onnx.ModelProto), got "
-                     f"{type(model).__name__}")

@@ -6,7 +6,6 @@ each :class:`QuantizedLinear` computing ``x @ lowbit_w{i}`` (``lowbit_w{i}`` an 
 ``frontends/onnx_export.py`` (blocked ``DequantizeLinear`` at opset 21, or ``MatMulNBits``), and the inputs go.
 onnxruntime runs the result; lowbit's ONNX frontend reads the same integers back.
 """
-import os
 import warnings
 
 from lowbit.errors import ModelError

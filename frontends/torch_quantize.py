@@ -10,10 +10,13 @@ buffers and compiles lowbit kernels from them.
 GPTQ's Hessians come from forward pre-hooks on the float ``nn.Linear`` layers while the calibration batches
 run through the float model (all layers at once, before any is replaced).
 """
+import numpy as np
 import torch
 
 from lowbit.compiler.formats import QuantizedWeight, parse_format
 from lowbit.errors import ModelError
+from lowbit.frontends.layer_sets import LayerSet, flat_outputs
+from lowbit.frontends.quantize import candidate_formats, layer_formats, quantize_weight
 
 
 class QuantizedLinear(torch.nn.Module):
@@ -43,8 +46,6 @@ class QuantizedLinear(torch.nn.Module):
     @classmethod
     def from_linear(cls, linear, fmt, method="rtn", H=None):
         """Quantize an ``nn.Linear`` (``rtn``, or ``gptq`` with its input Hessian ``H``)."""
-        from lowbit.frontends.quantize import quantize_weight
-
         weight = linear.weight.detach().to(torch.float32).cpu().numpy()
         return cls(quantize_weight(weight, fmt, method, H), linear.bias)
 
@@ -133,6 +134,34 @@ def linear_hessians(model, calibration):
     return {name: value.cpu().numpy() for name, value in sums.items()}
 
 
+def torch_layer_set(model, layers, calibration=None):
+    """:class:`LayerSet` of a torch module's ``nn.Linear`` ``layers`` ((name, module) pairs); with calibration
+    batches also Hessians (forward pre-hooks) and ``run`` (a forward on the first batch)."""
+    names = [name for name, _ in layers]
+    weights = [linear.weight.detach().to(torch.float32).cpu().numpy() for _, linear in layers]
+    if calibration is None:
+        return LayerSet(names, weights)
+    batches = list(calibration)
+    if not batches:
+        raise ModelError("calibration is empty: give at least one batch of model inputs")
+    hessians = linear_hessians(model, batches)
+
+    def run(new_weights):
+        saved = [linear.weight.data for _, linear in layers]
+        try:
+            for (_, linear), w in zip(layers, new_weights):
+                linear.weight.data = torch.from_numpy(np.asarray(w, np.float32)).to(linear.weight.dtype)
+            with torch.no_grad():
+                out = _run_batch(model, batches[0])
+        finally:
+            for (_, linear), w in zip(layers, saved):
+                linear.weight.data = w
+        flat = out if isinstance(out, (tuple, list)) else [out]
+        return flat_outputs([t.detach().float().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)])
+
+    return LayerSet(names, weights, [hessians[name] for name in names], run)
+
+
 def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=None, progress=False,
                    estimate="direct"):
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantizedLinear`; returns ``model``.
@@ -140,8 +169,6 @@ def quantize_torch(model, formats, method="rtn", calibration=None, budget_bits=N
     ``formats``: one format, or with ``budget_bits`` the candidates each layer's format is chosen from
     (``frontends.quantize.allocate_formats``); the report is then ``model.lowbit_allocation``.
     """
-    from lowbit.frontends.layer_sets import torch_layer_set
-    from lowbit.frontends.quantize import candidate_formats, layer_formats
 
     candidates = candidate_formats(formats, budget_bits)
     layers = _linear_layers(model)

@@ -10,7 +10,7 @@ _LAZY = {
     "compile": ("lowbit.api", "compile"),
     "quantize": ("lowbit.compiler.formats", "quantize"),
     "parse_format": ("lowbit.compiler.formats", "parse_format"),
-    "quantize_model": ("lowbit.frontends.quantize", "quantize_model"),
+    "quantize_model": ("lowbit.frontends.quantize_model", "quantize_model"),
     "export_onnx": ("lowbit.frontends.torch_onnx", "export_onnx"),
 }
 

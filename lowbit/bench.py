@@ -345,7 +345,8 @@ _COLUMNS = (  # (title, row key, format); a None value prints as "-"
     ("lowbit_ms", "lowbit_ms", "{:.3f}"), ("numpy_ms", "numpy_ms", "{:.3f}"), ("torch_ms", "torch_ms", "{:.3f}"),
     ("ort_acc4", "ort_acc4_ms", "{:.3f}"), ("ort_acc0", "ort_acc0_ms", "{:.3f}"),
     ("ggml", "ggml_ms", "{:.3f}"), ("ggml_type", "ggml_type", "{}"),
-    ("x_numpy", "speedup_vs_numpy", "{:.2f}"), ("x_ort", "speedup_vs_ort", "{:.2f}"), ("x_ggml", "speedup_vs_ggml", "{:.2f}"),
+    ("x_numpy", "speedup_vs_numpy", "{:.2f}"), ("x_ort", "speedup_vs_ort", "{:.2f}"),
+    ("x_ggml", "speedup_vs_ggml", "{:.2f}"),
     ("GB/s", "gbps", "{:.1f}"), ("%bw", "bw_fraction", "{:.0%}"),
 )
 

@@ -12,7 +12,8 @@ from lowbit.errors import LowbitError
 # name -> (module, one-line help). Kept here rather than imported so --help needs no heavy imports.
 COMMANDS = {
     "compile": ("lowbit.commands.compile", "compile a quantized ONNX model into a .lowbit artifact"),
-    "demo": ("lowbit.commands.demo", "quantize a small MLP, compile, reload in a fresh process, report error and speed"),
+    "demo": ("lowbit.commands.demo",
+             "quantize a small MLP, compile, reload in a fresh process, report error and speed"),
     "bench": ("lowbit.commands.bench", "benchmark mpGEMM kernels against NumPy, torch and onnxruntime (cold cache)"),
     "inspect": ("lowbit.commands.inspect", "show an artifact's manifest: target, layers, formats, kernels"),
     "run": ("lowbit.commands.run", "run an artifact on .npy inputs"),

@@ -45,7 +45,8 @@ def write_cases(folder, arch="sm_90", formats=CASE_FORMATS):
     names = []
     for index, fmt in enumerate(formats):
         rng = np.random.default_rng(index)
-        w = rng.standard_normal((CASE_N, CASE_K)) * rng.uniform(0.2, 3.0, (CASE_N, 1)) + rng.uniform(-0.5, 0.5, (CASE_N, 1))
+        w = rng.standard_normal((CASE_N, CASE_K)) * rng.uniform(0.2, 3.0, (CASE_N, 1)) \
+            + rng.uniform(-0.5, 0.5, (CASE_N, 1))
         qw = quantize(w, parse_format(fmt))
         bias = rng.standard_normal(CASE_N).astype(np.float32)
         model = Sequential([QuantizedLinear(qw, bias, name="layer")])

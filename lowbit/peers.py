@@ -15,7 +15,6 @@ same way, defaulting to ``2**(bits-1)`` (lowbit's symmetric zero point) when abs
 2-bit blocks of at most 256 (checked by building a one-node session, not assumed).
 """
 import functools
-import os
 
 import numpy as np
 

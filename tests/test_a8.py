@@ -1,5 +1,4 @@
 """Int8-activation (``a8``) kernels against the NumPy reference with the same activation quantization."""
-import dataclasses
 import functools
 
 import numpy as np

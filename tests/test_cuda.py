@@ -192,8 +192,9 @@ def test_gemm_kernel_uses_ldmatrix_mma_and_cp_async(arch, dtype):
     lin, source = _kernel_source("w4g128", arch, (Bucket(1, 1), Bucket(9, None)), n=256, dtype=dtype)
     assert lin.plans["m9+"].rule == "cuda_decode_gemm_mma"
     short = {"float16": "f16", "bfloat16": "bf16"}[dtype]
-    for marker in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", f"mma.sync.aligned.m16n8k16.row.col.f32.{short}.{short}.f32",
-                   "cp.async.cg.shared.global", "cp.async.commit_group", "cp.async.wait_group"):
+    for marker in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+                   f"mma.sync.aligned.m16n8k16.row.col.f32.{short}.{short}.f32", "cp.async.cg.shared.global",
+                   "cp.async.commit_group", "cp.async.wait_group"):
         assert marker in source, marker
     ptx = _ptx(source, arch)
     for marker in ("ldmatrix.sync.aligned", f"mma.sync.aligned.m16n8k16.row.col.f32.{short}.{short}.f32", "cp.async"):

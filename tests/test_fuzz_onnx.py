@@ -4,12 +4,11 @@ exception from TVM's importer or a compiled artifact that fails inside TVM."""
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-from lowbit.errors import InputError, LowbitError, ModelError
+from lowbit.errors import InputError, LowbitError
 
 K, N = 16, 8
 # onnx.checker (run by TVM's importer) complains about outputs declared without a shape; they are valid for both

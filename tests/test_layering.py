@@ -24,10 +24,7 @@ BENCHMARK_AND_PEERS = ("lowbit.bench", "lowbit.peers", "lowbit.peers_ggml")
 HEAVY = frozenset({"tvm", "torch", "transformers", "onnxscript", "onnxruntime", "onnx", "matplotlib", "xgboost",
                    "tornado", "ggml", "gguf", "tokenizers"})
 
-ALLOWED_CYCLES = [
-    ("lowbit.frontends.layer_sets", "lowbit.frontends.onnx_quantize", "lowbit.frontends.quantize",
-     "lowbit.frontends.torch_quantize"),
-]
+ALLOWED_CYCLES = []
 
 ALLOWED_FORBIDDEN_EDGES = []
 
@@ -36,13 +33,13 @@ ALLOWED_FORBIDDEN_EDGES = []
 ALLOWED_UNNEEDED_DEFERRED = {
     "lowbit.bench": 3, "lowbit.bundle": 6, "lowbit.commands.bench": 1, "lowbit.commands.bundle_runtime": 1,
     "lowbit.commands.compile": 2, "lowbit.commands.decoder": 3, "lowbit.commands.demo": 5,
-    "lowbit.commands.inspect": 2, "lowbit.commands.measure": 4, "lowbit.commands.quality": 12,
-    "lowbit.commands.quantize": 6, "lowbit.commands.run": 6, "lowbit.commands.tune": 2,
+    "lowbit.commands.inspect": 2, "lowbit.commands.measure": 4, "lowbit.commands.quality": 10,
+    "lowbit.commands.quantize": 5, "lowbit.commands.run": 6, "lowbit.commands.tune": 2,
     "lowbit.compiler.formats": 1, "lowbit.compiler.graph": 1, "lowbit.compiler.higgs": 1,
     "lowbit.compiler.kernels_rotate": 1, "lowbit.compiler.quality": 3,
-    "lowbit.decoder": 1, "lowbit.frontends.layer_sets": 2, "lowbit.frontends.onnx": 1,
-    "lowbit.frontends.onnx_patterns": 1, "lowbit.frontends.onnx_quantize": 6, "lowbit.frontends.quantize": 4,
-    "lowbit.frontends.torch_export": 1, "lowbit.frontends.torch_onnx": 3, "lowbit.frontends.torch_quantize": 4,
+    "lowbit.decoder": 1, "lowbit.frontends.onnx": 1,
+    "lowbit.frontends.onnx_patterns": 1,
+    "lowbit.frontends.torch_export": 1, "lowbit.frontends.torch_onnx": 2,
     "lowbit.gpu_cases": 8, "lowbit.peers_ggml": 2, "lowbit.runtime.artifact": 1,
     "lowbit.runtime.measure": 1, "lowbit.schedules.tuning.cost_model": 3, "lowbit.schedules.tuning.offline": 1,
     "lowbit.schedules.tuning.records": 2, "lowbit.schedules.tuning.remote": 1,

@@ -407,7 +407,8 @@ def test_cli_compile_writes_an_artifact_the_runtime_runs(rng, tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     out = tmp_path / "m.lowbit"
     proc = subprocess.run([sys.executable, "-m", "lowbit", "compile", str(tmp_path / "m.onnx"), "-o", str(out),
-                           "--kernel", "decode", "--dump-ir", str(tmp_path / "ir")], capture_output=True, text=True, check=False)
+                           "--kernel", "decode", "--dump-ir", str(tmp_path / "ir")],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "nbits" in proc.stdout and "w4g32" in proc.stdout
     assert sorted(os.listdir(tmp_path / "ir")) == ["0-import.txt", "1-lower-tir", "1-lower.txt", "2-float-ops-tir",

@@ -370,7 +370,8 @@ def test_a_failed_candidate_is_recorded_and_the_search_goes_on(tmp_path, monkeyp
                            log=tmp_path, repeat=2, llc=1 << 16, progress=False)
     logged = records.TuningDatabase(tmp_path, HOST.tag).records
     failed = [r for r in logged if r["error"] is not None]
-    assert len(logged) == 5 and len(failed) == 3 and all("LLVM ran out of registers" in r["error"] and r["ms"] is None for r in failed)
+    assert len(logged) == 5 and len(failed) == 3
+    assert all("LLVM ran out of registers" in r["error"] and r["ms"] is None for r in failed)
     assert result.measured == 4 and result.failed == 3 and result.best_ms == result.default_ms
 
 

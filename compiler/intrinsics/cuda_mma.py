@@ -12,7 +12,7 @@ The activation tile A is (M, K) row-major; the weight tile B is stored (N, K), i
 """
 import functools
 
-from lowbit.compiler.tvm_api import T, s_tir, tirx
+from lowbit.compiler.tvm_api import T, s_tir
 
 TILE = 16
 WARP = 32

@@ -106,9 +106,11 @@ def _implementation(bits, isa):
             T.reads(C[0:lanes], W[0:lanes], A[0:words])
             T.writes(C[0:lanes])
             for p in T.unroll(slots):
-                codes = T.reinterpret(T.bitwise_and(T.shift_right(W.vload([0], dtype=i32), T.broadcast(T.Cast("int32", p * bits), lanes)),
+                shift = T.broadcast(T.Cast("int32", p * bits), lanes)
+                codes = T.reinterpret(T.bitwise_and(T.shift_right(W.vload([0], dtype=i32), shift),
                                                     T.broadcast(mask, lanes)), dtype=i8)
-                acts = T.reinterpret(T.broadcast(T.reinterpret(A.vload([T.Cast("int32", p * 4)], "int8x4"), dtype="int32"), lanes),
+                quad = T.reinterpret(A.vload([T.Cast("int32", p * 4)], "int8x4"), dtype="int32")
+                acts = T.reinterpret(T.broadcast(quad, lanes),
                                      dtype=i8)
                 if madd_id is None:
                     C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(

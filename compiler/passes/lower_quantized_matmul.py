@@ -5,9 +5,10 @@ layer (``lowbit_w{i}``), used only as the weight of ``R.matmul(x, lowbit_w{i})``
 (name -> QuantizedWeight spec) those parameters stand for.
 Produces: the same module where each such matmul is ``reshape(x, (-1, K))`` (when x is not 2-D), a ``call_tir``
 of the layer's M-bucket kernel dispatcher (built by ``compiler.linear.add_linear_functions`` on the weights
-re-laid for the kernel family ``compiler.linear.prepare_layer`` picks), and ``reshape`` back to ``x.shape[:-1] + (N,)``. M, the product of
-x's leading dims, stays symbolic. The ``lowbit_w{i}`` parameters are gone; the kernels' arrays are new
-parameters of ``main`` (``<layer>.W``, ``<layer>.S``, ...), after the model's inputs, in layer order.
+re-laid for the kernel family ``compiler.linear.prepare_layer`` picks), and ``reshape`` back to
+``x.shape[:-1] + (N,)``. M, the product of x's leading dims, stays symbolic. The ``lowbit_w{i}`` parameters are
+gone; the kernels' arrays are new parameters of ``main`` (``<layer>.W``, ``<layer>.S``, ...), after the model's
+inputs, in layer order.
 After the pass, ``params`` holds (name, array) in that order and ``layers`` the LayerPlans.
 A layer on the model's activation codes takes ``q``, ``scale`` and ``zero`` of the ``dequantize`` instead of x
 (the dequantize is then dead, and dead-code elimination removes it).

@@ -4,7 +4,8 @@ HELP = "gather what lowbit.runtime needs (tvm_ffi, TVM runtime libraries and fil
 
 def add_arguments(parser):
     parser.add_argument("folder", metavar="DIR", help="folder to create (must be new or empty)")
-    parser.add_argument("--python", metavar="X.Y", help="Python version of the machine that runs it (default: this one)")
+    parser.add_argument("--python", metavar="X.Y",
+                        help="Python version of the machine that runs it (default: this one)")
     parser.add_argument("--cases", action="store_true",
                         help="also compile the GPU numerics cases (every format) into DIR/cases")
     parser.add_argument("--bench", action="store_true",

@@ -9,8 +9,8 @@ HELP = "compile a quantized ONNX model into a .lowbit artifact"
 def add_arguments(parser):
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
     parser.add_argument("--output", "-o", required=True, metavar="OUT.lowbit", help="artifact file to write")
-    parser.add_argument("--target", default="cpu", help="where the code runs: 'cpu' (this machine, the default), 'cuda:sm_80', 'cuda:sm_90' "
-                        "(NVIDIA GPUs; needs nvcc here, not a GPU)")
+    parser.add_argument("--target", default="cpu", help="where the code runs: 'cpu' (this machine, the default), "
+                        "'cuda:sm_80', 'cuda:sm_90' (NVIDIA GPUs; needs nvcc here, not a GPU)")
     parser.add_argument("--kernel", default="auto", choices=("auto", "decode", "a8", "lut"),
                         help="kernel family for the quantized layers (default: auto)")
     parser.add_argument("--format", metavar="NAME[,NAME...]",
@@ -67,7 +67,8 @@ def _print_summary(manifest, path):
     print(f"{len(layers)} quantized layers:")
     for layer in layers:
         print(f"  {layer['name']:<32} {layer['format']:<10} N={layer['N']:<6} K={layer['K']:<6} "
-              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight ({layer.get('pattern', '')}{_activation_text(layer)}), "
+              f"{layer['kernel']:<7} {layer['bits_per_weight']:.2f} bits/weight "
+              f"({layer.get('pattern', '')}{_activation_text(layer)}), "
               f"schedule: {layer.get('schedule', 'default')}{_sqnr_text(layer)}")
     allocation = manifest.get("allocation")
     if allocation is not None:

@@ -40,7 +40,7 @@ def run(args):
     from lowbit.compiler import quality
     from lowbit.compiler.formats import parse_format
     from lowbit.errors import ModelError
-    from lowbit.frontends.layer_sets import onnx_layer_set
+    from lowbit.frontends.onnx_quantize import onnx_layer_set
     from lowbit.frontends.onnx import load_onnx
     from lowbit.frontends.onnx_graph import OnnxGraph, check_references, name_nodes
     from lowbit.frontends.onnx_quantize import float_layers
@@ -97,7 +97,8 @@ def run(args):
         print(f"wrote {args.plot}")
     if args.json:
         rows = [dict(cell.__dict__) for row in table for cell in row]
-        data = {"layers": rows, "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()},
+        data = {"layers": rows,
+                "end_to_end": {k: {"bits_per_weight": b, "sqnr_db": s} for k, (b, s) in end_to_end.items()},
                 "allocation": None if report is None else report.as_manifest()}
         from lowbit.runtime.atomic import write_atomically
 
