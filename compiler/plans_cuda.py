@@ -3,7 +3,7 @@
 GEMV rules read every weight byte once per call and stay memory-bound up to a few rows of X; from M = 9
 the tensor-core GEMM, which decodes each weight tile once into shared memory for a block of rows, takes
 over. The bucket bound is where lowbit's default puts the crossover; a GPU session measures it
-(benchmarks/gpu_bench.py) and a tuning record may move it.
+(lowbit/gpu_scripts/gpu_bench.py) and a tuning record may move it.
 """
 from lowbit.schedules.cuda.gemm import DecodeGemmTensorCore, GemmConfig
 from lowbit.schedules.cuda.gemv import DecodeGemv, GemvConfig

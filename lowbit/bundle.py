@@ -22,10 +22,11 @@ import sys
 import tempfile
 import zipfile
 
+import lowbit.runtime
 from lowbit.errors import LowbitError
 
 LIMIT_BYTES = 64 * 2**20
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.dirname(os.path.abspath(__file__))  # lowbit/, installed or not: nothing outside the package is read
 _TRACE = r"""
 import json, sys
 import numpy as np
@@ -132,9 +133,9 @@ def _tvm_ffi(site, python, workdir):
 
 
 def _copy_lowbit(site):
-    _copy(os.path.join(REPO, "lowbit", "__init__.py"), os.path.join(site, "lowbit", "__init__.py"))
-    _copy(os.path.join(REPO, "lowbit", "errors.py"), os.path.join(site, "lowbit", "errors.py"))
-    for path in glob.glob(os.path.join(REPO, "runtime", "*.py")):
+    _copy(os.path.join(PACKAGE, "__init__.py"), os.path.join(site, "lowbit", "__init__.py"))
+    _copy(os.path.join(PACKAGE, "errors.py"), os.path.join(site, "lowbit", "errors.py"))
+    for path in glob.glob(os.path.join(os.path.dirname(os.path.abspath(lowbit.runtime.__file__)), "*.py")):
         _copy(path, os.path.join(site, "lowbit", "runtime", os.path.basename(path)))
 
 
@@ -155,7 +156,7 @@ def bundle_runtime(folder, python=None, cases=False, bench=False, arch="sm_90"):
         _copy_tvm(site, _traced_tvm_files(_probe_artifact(workdir)))
     _copy_lowbit(site)
     for script in ("run_gpu_tests.py", "gpu_bench.py"):
-        _copy(os.path.join(REPO, "benchmarks", script), os.path.join(folder, script))
+        _copy(os.path.join(PACKAGE, "gpu_scripts", script), os.path.join(folder, script))
     if cases:
         from lowbit.gpu_cases import write_cases
 

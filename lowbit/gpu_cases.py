@@ -2,9 +2,9 @@
 
 - :func:`write_cases`: per weight format, a one-layer model (with bias) compiled for a CUDA arch, and a
   ``.npz`` with inputs for every M bucket, the float64 reference and the error bound derived from the
-  format (``benchmarks/run_gpu_tests.py`` checks them with only the runtime bundle).
+  format (``lowbit/gpu_scripts/run_gpu_tests.py`` checks them with only the runtime bundle).
 - :func:`write_bench_kernels`: the W4A16 g128 (and W2, ternary) layer kernels at the benchmark shapes, as
-  a library plus fatbins and a spec of their weight arrays, without weights: ``benchmarks/gpu_bench.py``
+  a library plus fatbins and a spec of their weight arrays, without weights: ``lowbit/gpu_scripts/gpu_bench.py``
   fills them with random packed words on the GPU (numerics do not change the time).
 """
 import json

@@ -81,3 +81,20 @@ def test_gpu_cases_and_bench_kernels_compile(tmp_path):
     assert {"x1", "ref70", "bound19"} <= set(data.files)
     [out] = write_bench_kernels(str(tmp_path / "bench"), "sm_90", shapes=[("w4g128", 256, 512)])
     assert os.path.isfile(os.path.join(out, "lib.so")) and os.path.isfile(os.path.join(out, "device", "0.fatbin"))
+
+
+def test_bundle_reads_only_the_installed_package():
+    """Regression: bundle.py globbed the repository's runtime/ and benchmarks/ folders, absent when lowbit is
+    installed from a wheel. It reads the package's own files, and the GPU scripts are package data a wheel ships."""
+    import importlib.resources
+    import tomllib
+
+    from lowbit import bundle
+
+    assert not hasattr(bundle, "REPO")
+    for script in ("run_gpu_tests.py", "gpu_bench.py"):
+        assert (importlib.resources.files("lowbit") / "gpu_scripts" / script).is_file()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "gpu_scripts/*.py" in package_data["lowbit"]

@@ -1,7 +1,7 @@
 """CUDA numerics on a GPU (marked ``gpu``; skipped where there is none): every format, every M bucket
 (GEMV and tensor-core GEMM), against the float64 reference and the bound derived from the format, NumPy and
 DLPack (torch CUDA tensors) inputs. The same checks run with only the runtime bundle:
-``benchmarks/run_gpu_tests.py`` over ``lowbit bundle-runtime DIR --cases``."""
+``lowbit/gpu_scripts/run_gpu_tests.py`` over ``lowbit bundle-runtime DIR --cases``."""
 import glob
 import importlib.util
 import os
@@ -13,7 +13,8 @@ from lowbit.gpu_cases import CASE_FORMATS, CASE_ROWS
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not glob.glob("/dev/nvidia[0-9]*"), reason="no NVIDIA GPU on this machine")]
-RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_gpu_tests.py")
+RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lowbit", "gpu_scripts",
+                      "run_gpu_tests.py")
 
 
 def _runner():
