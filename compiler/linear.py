@@ -123,9 +123,14 @@ def _prepare_cuda_layer(qw, bias, kernel, dtype):
         raise KernelError(f"{qw.format.name}: the activation rotation of HIGGS formats is built for CPU targets "
                           "only; quantize GPU models to w*/nf4/fp4/ternary formats")
     layout, arrays = relayout_cuda(qw, dtype)
+    return "decode", layout, _with_bias(arrays, bias, layout)
+
+
+def _with_bias(arrays, bias, layout):
+    """``arrays`` with the bias as its ``B`` entry (float32, N) when there is one."""
     if bias is not None:
         arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
-    return "decode", layout, arrays
+    return arrays
 
 
 def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype="float16", activation="float32"):
@@ -136,14 +141,13 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype
     :func:`model_codes_kernel`).
     """
     if activation != "float32":
-        reason = "a CUDA target" if target.kind == "cuda" else a8_unsupported(qw, target)
-        if reason is not None or kernel not in ("auto", "a8"):
+        if not model_codes_kernel(qw, target, kernel):
+            reason = "a CUDA target" if target.kind == "cuda" else \
+                a8_unsupported(qw, target) or f"kernel {kernel!r} was asked for"
             raise KernelError(f"the model's {activation} activation codes need the a8 kernel, which cannot run "
-                              f"{qw.format.name} here: {reason or 'kernel ' + repr(kernel) + ' was asked for'}")
+                              f"{qw.format.name} here: {reason}")
         layout, arrays = relayout_a8(qw, target.vector_lanes, activation)
-        if bias is not None:
-            arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
-        return "a8", layout, arrays
+        return "a8", layout, _with_bias(arrays, bias, layout)
     if target.kind == "cuda":
         return _prepare_cuda_layer(qw, bias, kernel, dtype)
     rotation = None
@@ -161,9 +165,7 @@ def prepare_layer(qw, bias, target, kernel="auto", lut_params=LutParams(), dtype
         layout, arrays = relay(qw, target.vector_lanes)
     if rotation is not None:
         arrays[ROTATION_SIGNS] = rotation_signs(rotation)
-    if bias is not None:
-        arrays["B"] = np.ascontiguousarray(bias, dtype=np.float32).reshape(layout.N)
-    return chosen, layout, arrays
+    return chosen, layout, _with_bias(arrays, bias, layout)
 
 
 AMX_MIN_ROWS = 9  # the buckets from M = 9 on run the a8 kernel on AMX tiles where it applies (16-row tiles)

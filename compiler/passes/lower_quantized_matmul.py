@@ -71,8 +71,7 @@ class _MatmulLowerer(relax.expr_functor.PyExprMutator):
                                                 relax.TensorType((rows, kernel.N), kernel.dtype)))
         if kernel.dtype != "float32":
             y2d = self.builder_.emit(relax.op.astype(y2d, "float32"))
-        return y2d if len(dims) == 2 else relax.op.reshape(y2d, relax.ShapeExpr(dims[:-1] + [kernel.N]))
-
+        return _unflattened(y2d, dims, kernel.N)
 
     def _lower_codes(self, x, kernel):
         """``dequantize(q, scale, zero)`` then the matmul: the kernel takes ``q``, ``scale`` and ``zero`` as they are
@@ -89,7 +88,12 @@ class _MatmulLowerer(relax.expr_functor.PyExprMutator):
         zero = self.builder_.emit(relax.op.reshape(relax.op.astype(zero, "int32"), (1,)))
         y2d = self.builder_.emit(relax.call_tir(kernel.gvar, [q2d, scale, zero] + kernel.param_vars,
                                                 relax.TensorType((rows, kernel.N), "float32")))
-        return y2d if len(dims) == 2 else relax.op.reshape(y2d, relax.ShapeExpr(dims[:-1] + [kernel.N]))
+        return _unflattened(y2d, dims, kernel.N)
+
+
+def _unflattened(y2d, dims, N):
+    """The (rows, N) kernel output back in the activation's leading dims: ``dims[:-1] + (N,)``."""
+    return y2d if len(dims) == 2 else relax.op.reshape(y2d, relax.ShapeExpr(dims[:-1] + [N]))
 
 
 def _scalar_dequantize(value):
@@ -113,7 +117,7 @@ def _is_one_element(tensor_type):
     return all(isinstance(dim, tirx.IntImm) and int(dim) == 1 for dim in tensor_type.shape.values)
 
 
-def model_codes(main, placeholders):
+def dequantized_activations(main, placeholders):
     """Placeholder name -> the dtype of the model's activation codes, for each ``R.matmul(x, placeholder)`` of
     ``main`` whose ``x`` is bound to a per-tensor :func:`_scalar_dequantize`."""
     values, found = {}, {}
@@ -168,7 +172,7 @@ class LowerQuantizedMatmul:
 
     def _transform(self, mod):
         lowerer = _MatmulLowerer(mod, {})
-        codes = model_codes(mod["main"], self.layers)
+        codes = dequantized_activations(mod["main"], self.layers)
         for index, (placeholder, layer) in enumerate(self._iter_layers()):
             lowerer.kernels[placeholder] = self._add_kernel(lowerer.builder_, index, layer, codes.get(placeholder))
         main_gvar = mod.get_global_var("main")
